@@ -1,0 +1,21 @@
+package kernel
+
+// Implemented in assembly (boot_amd64.s, entry_amd64.s, percpu_amd64.s).
+func pvhEntry()
+func entry64()
+func syscallEntry()
+func commonEntry()
+func frameReturn()
+func enterFrame(f *Frame)
+func kernelStart() uintptr
+func kernelEnd() uintptr
+func stubAddr(v int) uintptr
+func syscallEntryAddr() uintptr
+func rt0Addr() uintptr
+
+// Boot-time state read by boot_amd64.s.
+var (
+	bootStack [65536]byte
+	bootG     [32]uintptr
+	bootTLS   [2]uintptr
+)

@@ -1,0 +1,90 @@
+package kernel
+
+import "github.com/usbarmory/tamago/soc/intel/uart"
+
+// The console is COM1. Kernel code prints through these helpers, which neither allocate nor
+// format with fmt; the Go side reaches the same port through write(1/2).
+
+var com1 = uart.UART{Index: 1, Base: 0x3f8}
+
+var consoleLock spinlock
+
+func consoleWrite(b []byte) {
+	consoleLock.lock()
+	for _, c := range b {
+		if c == '\n' {
+			com1.Tx('\r')
+		}
+		com1.Tx(c)
+	}
+	consoleLock.unlock()
+}
+
+// kbuf is a fixed-size line builder for kernel messages.
+type kbuf struct {
+	b [256]byte
+	n int
+}
+
+func (k *kbuf) s(s string) *kbuf {
+	for i := 0; i < len(s) && k.n < len(k.b); i++ {
+		k.b[k.n] = s[i]
+		k.n++
+	}
+	return k
+}
+
+func (k *kbuf) c(c byte) *kbuf {
+	if k.n < len(k.b) {
+		k.b[k.n] = c
+		k.n++
+	}
+	return k
+}
+
+func (k *kbuf) bytes(b []byte) *kbuf {
+	for _, c := range b {
+		k.c(c)
+	}
+	return k
+}
+
+// hex appends v as 0x-prefixed hexadecimal.
+func (k *kbuf) hex(v uint64) *kbuf {
+	k.s("0x")
+	started := false
+	for sh := 60; sh >= 0; sh -= 4 {
+		d := byte(v>>uint(sh)) & 15
+		if d != 0 || started || sh == 0 {
+			started = true
+			k.c("0123456789abcdef"[d])
+		}
+	}
+	return k
+}
+
+// dec appends v in decimal.
+func (k *kbuf) dec(v int64) *kbuf {
+	if v < 0 {
+		k.c('-')
+		v = -v
+	}
+	var d [20]byte
+	i := len(d)
+	for {
+		i--
+		d[i] = byte('0' + v%10)
+		v /= 10
+		if v == 0 {
+			break
+		}
+	}
+	return k.bytes(d[i:])
+}
+
+// out writes the line (a newline is added) and resets the builder.
+func (k *kbuf) out() {
+	k.c('\n')
+	consoleWrite(k.b[:k.n])
+	k.n = 0
+}

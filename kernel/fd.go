@@ -1,0 +1,194 @@
+package kernel
+
+// File descriptors: 0–2 are the serial console; eventfd and epoll exist for the runtime's
+// netpoller, which parks an idle thread in epoll_pwait with a timer's timeout and breaks it
+// out with a write to an eventfd (runtime/netpoll_epoll.go). Nothing else is a file here.
+
+const (
+	maxFDs      = 64
+	maxWatches  = 8
+	epollIn     = 0x1
+	epollCtlAdd = 1
+	epollCtlDel = 2
+	epollCtlMod = 3
+	epollEvSize = 12 // struct epoll_event is packed on x86-64
+)
+
+const (
+	fdFree = iota
+	fdConsole
+	fdEventfd
+	fdEpoll
+)
+
+type watch struct {
+	fd     int32
+	events uint32
+	data   uint64
+}
+
+type fdesc struct {
+	kind    uint8
+	count   uint64 // eventfd counter
+	watches [maxWatches]watch
+	nwatch  int
+}
+
+var fds [maxFDs]fdesc
+
+func initFDs() {
+	for i := 0; i < 3; i++ {
+		fds[i].kind = fdConsole
+	}
+}
+
+func allocFD(kind uint8) int64 {
+	for i := range fds {
+		if fds[i].kind == fdFree {
+			fds[i] = fdesc{kind: kind}
+			return int64(i)
+		}
+	}
+	return -errEMFILE
+}
+
+func fdOf(fd int64, kind uint8) *fdesc {
+	if fd < 0 || fd >= maxFDs || fds[fd].kind != kind {
+		return nil
+	}
+	return &fds[fd]
+}
+
+func closeFD(fd int64) int64 {
+	if fd < 0 || fd >= maxFDs || fds[fd].kind == fdFree {
+		return -errEBADF
+	}
+	if fd > 2 {
+		fds[fd].kind = fdFree
+	}
+	return 0
+}
+
+func sysWriteFD(fd int64, buf, n uint64) int64 {
+	if f := fdOf(fd, fdConsole); f != nil {
+		consoleWrite(userBytes(buf, n))
+		return int64(n)
+	}
+	if f := fdOf(fd, fdEventfd); f != nil {
+		if n < 8 {
+			return -errEINVAL
+		}
+		f.count += *u64(buf)
+		eventfdReady(fd)
+		return 8
+	}
+	return -errEBADF
+}
+
+func sysReadFD(fd int64, buf, n uint64) int64 {
+	if f := fdOf(fd, fdEventfd); f != nil {
+		if n < 8 {
+			return -errEINVAL
+		}
+		if f.count == 0 {
+			return -errEAGAIN // the runtime's eventfd is EFD_NONBLOCK
+		}
+		*u64(buf) = f.count
+		f.count = 0
+		return 8
+	}
+	if fdOf(fd, fdConsole) != nil {
+		return 0 // no console input
+	}
+	return -errEBADF
+}
+
+func newEventfd(initval uint64) int64 {
+	fd := allocFD(fdEventfd)
+	if fd >= 0 {
+		fds[fd].count = initval
+	}
+	return fd
+}
+
+func newEpoll() int64 { return allocFD(fdEpoll) }
+
+func epollCtl(epfd int64, op uint64, fd int64, ev uint64) int64 {
+	ep := fdOf(epfd, fdEpoll)
+	if ep == nil || fd < 0 || fd >= maxFDs || fds[fd].kind == fdFree {
+		return -errEBADF
+	}
+	for i := 0; i < ep.nwatch; i++ {
+		w := &ep.watches[i]
+		if w.fd != int32(fd) {
+			continue
+		}
+		switch op {
+		case epollCtlAdd:
+			return -errEEXIST
+		case epollCtlMod:
+			w.events, w.data = *u32(ev), *u64(ev + 4)
+			return 0
+		case epollCtlDel:
+			ep.watches[i] = ep.watches[ep.nwatch-1]
+			ep.nwatch--
+			return 0
+		}
+	}
+	if op != epollCtlAdd {
+		return -errENOENT
+	}
+	if ep.nwatch == maxWatches {
+		return -errENOMEM
+	}
+	ep.watches[ep.nwatch] = watch{fd: int32(fd), events: *u32(ev), data: *u64(ev + 4)}
+	ep.nwatch++
+	return 0
+}
+
+// epollReady writes up to max ready events of epfd to buf and returns how many.
+func epollReady(epfd int64, buf, max uint64) int64 {
+	ep := fdOf(epfd, fdEpoll)
+	if ep == nil {
+		return -errEBADF
+	}
+	n := uint64(0)
+	for i := 0; i < ep.nwatch && n < max; i++ {
+		w := &ep.watches[i]
+		if f := fdOf(int64(w.fd), fdEventfd); f != nil && f.count > 0 && w.events&epollIn != 0 {
+			e := buf + n*epollEvSize
+			*u32(e) = epollIn
+			*u64(e + 4) = w.data
+			n++
+		}
+	}
+	return int64(n)
+}
+
+func (c *CPU) epollWait(f *Frame, epfd int64, buf, max uint64, timeoutMs int64) int64 {
+	n := epollReady(epfd, buf, max)
+	if n != 0 || timeoutMs == 0 {
+		return n
+	}
+	var deadline int64
+	if timeoutMs > 0 {
+		deadline = nanotime() + timeoutMs*1e6
+	}
+	threads[c.current].epfd = int32(epfd)
+	c.block(f, waitEpoll, deadline, 0)
+	return blocked
+}
+
+// eventfdReady wakes threads in epoll_pwait on an epoll set that watches fd.
+func eventfdReady(fd int64) {
+	for i := int32(0); i < nthreads; i++ {
+		t := &threads[i]
+		if t.state != thBlocked || t.wait != waitEpoll {
+			continue
+		}
+		if n := epollReady(int64(t.epfd), t.frame.RSI, t.frame.RDX); n > 0 {
+			wake(i, uint64(n))
+		}
+	}
+	kickIdle()
+}

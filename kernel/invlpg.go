@@ -1,0 +1,3 @@
+package kernel
+
+func invlpg(va uint64)

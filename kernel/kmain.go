@@ -1,0 +1,185 @@
+package kernel
+
+import (
+	"unsafe"
+
+	"tracebed/amd64"
+	"tracebed/apic"
+	"tracebed/idt"
+)
+
+// Boot, from the first Go code to the Go runtime's entry point. kmain runs on the boot stack
+// with a boot g (boot_amd64.s); nothing here may rely on package initialisers, which only run
+// once the runtime has started.
+
+var (
+	boot     bootInfo
+	idtTable idt.Table
+	bootTime struct{ calibrated, runtime int64 } // ns on the monotonic clock
+)
+
+const (
+	port8259MasterData = 0x21
+	port8259SlaveData  = 0xa1
+	userStackBytes     = 256 << 10 // the runtime assumes 64 KiB of g0 stack below its start
+	lapicCalibrateNs   = 10_000_000
+)
+
+// kmain is called by entry64 with the physical address of hvm_start_info.
+func kmain(startInfo uintptr) {
+	// The firmware leaves the 8259s unmasked with IRQ0 at vector 8 (a "double fault").
+	amd64.Out8(port8259MasterData, 0xff)
+	amd64.Out8(port8259SlaveData, 0xff)
+	com1.Init()
+	var k kbuf
+	k.s("tracebed: PVH entry, start_info at ").hex(uint64(startInfo)).out()
+	if r := parseStartInfo(uint64(startInfo), &boot); r != startInfoOK {
+		k.s("tracebed: fatal: bad hvm_start_info (").dec(int64(r)).s("): boot through PVH").out()
+		debugExit(0x12)
+	}
+
+	lapic.Base = uint32(amd64.RDMSR(amd64.MSR_APIC_BASE) &^ 0xfff)
+	c := initCPU(0, lapic.ID())
+	loadCPU(c)
+	setupIDT()
+	amd64.LIDT(pseudoDescriptor(&c.desc, uintptr(unsafe.Pointer(&idtTable)), idt.Limit))
+	initMemory()
+
+	if !calibrateTSC() {
+		k.s("tracebed: fatal: the PIT never counted down; cannot calibrate the TSC").out()
+		debugExit(0x12)
+	}
+	wallBase = readRTC() * 1e9
+	bootTime.calibrated = nanotime()
+	lapic.Init(vecSpurious)
+	lapic.StartCount()
+	t0 := nanotime()
+	for nanotime()-t0 < lapicCalibrateNs {
+	}
+	elapsed := nanotime() - t0
+	lapicHz = uint64(0xffffffff-lapic.Current()) * 1e9 / uint64(elapsed)
+	initSyscalls()
+	initFDs()
+	ncpuOnline = 1
+	banner()
+	startRuntime(c)
+}
+
+func setupIDT() {
+	for v := 0; v < 256; v++ {
+		ist := uint8(istIRQ)
+		switch {
+		case v == idt.NMI:
+			ist = istNMI
+		case v == idt.DoubleFault:
+			ist = istDF
+		case v < 32:
+			ist = istFault
+		}
+		idtTable[v].Set(uint64(stubAddr(v)), selCode, ist, idt.TypeInterrupt, 0)
+	}
+}
+
+func initSyscalls() {
+	amd64.WRMSR(amd64.MSR_STAR, uint64(selCode)<<32)
+	amd64.WRMSR(amd64.MSR_LSTAR, uint64(syscallEntryAddr()))
+	amd64.WRMSR(amd64.MSR_SFMASK, amd64.RFLAGS_IF|amd64.RFLAGS_TF|amd64.RFLAGS_DF|amd64.RFLAGS_AC)
+}
+
+func initMemory() {
+	pmem.init(0, pmemBits[:], identityTop/pageSize)
+	for i := 0; i < boot.nmem; i++ {
+		if r := boot.mem[i]; r.typ == memRAM {
+			pmem.release(r.base, r.size)
+		}
+	}
+	pmem.reserve(0, 1<<20) // real-mode area, firmware, the future AP trampoline
+	img := uint64(kernelStart()) &^ (1<<20 - 1)
+	pmem.reserve(img, uint64(kernelEnd())-img)
+	kpt = pageTable{root: amd64.ReadCR3() & pteAddr, alloc: &pmem}
+	vmRegion.add(0, identityTop)
+}
+
+// startRuntime builds the initial process stack the Linux ABI promises (argc, argv, envp,
+// auxv: SysV ABI AMD64 3.4.1) and enters _rt0_amd64_linux as the first thread.
+func startRuntime(c *CPU) {
+	base := sysMmap(0, userStackBytes, protRead|protWrite, mapPrivate|mapAnonymous)
+	if base < 0 {
+		var k kbuf
+		k.s("tracebed: fatal: no memory for the initial stack").out()
+		debugExit(0x12)
+	}
+	sp := uint64(base) + userStackBytes
+	push := func(s string) uint64 {
+		sp -= uint64(len(s) + 1)
+		b := userBytes(sp, uint64(len(s)+1))
+		copy(b, s)
+		b[len(s)] = 0
+		return sp
+	}
+	var argv [64]uint64
+	argc := 0
+	argv[argc] = push("tracebed")
+	argc++
+	cl := boot.cmdline[:boot.cmdlen]
+	for i := 0; i < len(cl) && argc < len(argv)-1; {
+		for i < len(cl) && cl[i] == ' ' {
+			i++
+		}
+		j := i
+		for j < len(cl) && cl[j] != ' ' {
+			j++
+		}
+		if j > i {
+			argv[argc] = push(unsafe.String(&cl[i], j-i))
+			argc++
+		}
+		i = j
+	}
+	env := push("GODEBUG=asyncpreemptoff=1")
+	sp -= 16
+	random := sp
+	getrandom(random, 16)
+	const (
+		atNull   = 0
+		atPagesz = 6
+		atRandom = 25
+	)
+	words := [...]uint64{atPagesz, pageSize, atRandom, random, atNull, 0}
+	n := 1 + argc + 1 + 2 + len(words)
+	sp = (sp - uint64(n)*8) &^ 15
+	w := sp
+	put := func(v uint64) { *u64(w) = v; w += 8 }
+	put(uint64(argc))
+	for i := 0; i < argc; i++ {
+		put(argv[i])
+	}
+	put(0)
+	put(env)
+	put(0)
+	for _, v := range words {
+		put(v)
+	}
+
+	i := newThread()
+	t := &threads[i]
+	t.frame = Frame{RIP: uint64(rt0Addr()), CS: selCode, SS: selData, RSP: sp,
+		RFLAGS: amd64.RFLAGS_IF | 2}
+	initFX(&t.frame)
+	f := (*Frame)(unsafe.Pointer(c.kstack - unsafe.Sizeof(Frame{})))
+	bootTime.runtime = nanotime()
+	klock.lock()
+	c.resume(i, f)
+	c.armTimer()
+	klock.unlock()
+	enterFrame(f)
+}
+
+// initFX gives a new thread the FPU/SSE state after FNINIT: FCW 0x37f, MXCSR 0x1f80 (all
+// exceptions masked; SDM Vol. 1, 10.5.1).
+func initFX(f *Frame) {
+	f.FX[0], f.FX[1] = 0x7f, 0x03
+	f.FX[24], f.FX[25] = 0x80, 0x1f
+}
+
+var _ = apic.DefaultBase

@@ -1,0 +1,112 @@
+package kernel
+
+import "unsafe"
+
+// Page-table entry bits (SDM Vol. 3A, 4.5, Tables 4-14..4-20).
+const (
+	ptePresent = 1 << 0
+	pteWrite   = 1 << 1
+	ptePWT     = 1 << 3
+	ptePCD     = 1 << 4
+	pteHuge    = 1 << 7 // PS: a 1 GiB (PDPTE) or 2 MiB (PDE) page
+	pteNX      = 1 << 63
+	pteAddr    = 0x000ffffffffff000
+)
+
+// Page-table builder results.
+const (
+	ptOK = iota
+	ptNonCanonical
+	ptNoMemory
+	ptHugeInTheWay // a 1 GiB/2 MiB page covers the address
+	ptMapped       // already mapped
+	ptUnaligned
+)
+
+// pageTable edits 4-level page tables rooted at physical address root. Physical memory is
+// reached through the identity map (tables are only ever allocated where it reaches), which
+// is also what lets the host tests run this code on ordinary Go memory.
+type pageTable struct {
+	root  uint64
+	alloc *frames
+}
+
+// canonical reports whether va has bits 63..47 all equal (SDM Vol. 1, 3.3.7.1).
+func canonical(va uint64) bool { return uint64(int64(va<<16)>>16) == va }
+
+func table(pa uint64) *[512]uint64 { return (*[512]uint64)(unsafe.Pointer(uintptr(pa & pteAddr))) }
+
+func ptIndex(va uint64, level uint) uint64 { return (va >> (12 + 9*level)) & 511 }
+
+// entry returns the level-0 (4 KiB) entry for va, creating tables when create is set.
+func (pt *pageTable) entry(va uint64, create bool) (*uint64, int) {
+	if !canonical(va) {
+		return nil, ptNonCanonical
+	}
+	t := table(pt.root)
+	for level := uint(3); level > 0; level-- {
+		e := &t[ptIndex(va, level)]
+		if *e&ptePresent == 0 {
+			if !create {
+				return nil, ptOK
+			}
+			pa, ok := pt.alloc.alloc()
+			if !ok {
+				return nil, ptNoMemory
+			}
+			clear(table(pa)[:])
+			*e = pa | ptePresent | pteWrite
+		} else if *e&pteHuge != 0 {
+			return nil, ptHugeInTheWay
+		}
+		t = table(*e)
+	}
+	return &t[ptIndex(va, 0)], ptOK
+}
+
+// mapPage maps the 4 KiB page at va to pa with flags (ptePresent is implied).
+func (pt *pageTable) mapPage(va, pa, flags uint64) int {
+	if va%pageSize != 0 || pa%pageSize != 0 {
+		return ptUnaligned
+	}
+	e, r := pt.entry(va, true)
+	if r != ptOK {
+		return r
+	}
+	if *e&ptePresent != 0 {
+		return ptMapped
+	}
+	*e = pa | flags | ptePresent
+	return ptOK
+}
+
+// unmapPage removes the 4 KiB mapping at va and returns the frame it mapped. Tables emptied by
+// the removal are kept: address space is reused and tables are small.
+func (pt *pageTable) unmapPage(va uint64) (uint64, bool) {
+	e, r := pt.entry(va, false)
+	if r != ptOK || e == nil || *e&ptePresent == 0 {
+		return 0, false
+	}
+	pa := *e & pteAddr
+	*e = 0
+	return pa, true
+}
+
+// lookup translates va, following 1 GiB and 2 MiB pages too.
+func (pt *pageTable) lookup(va uint64) (pa, flags uint64, ok bool) {
+	if !canonical(va) {
+		return 0, 0, false
+	}
+	t := table(pt.root)
+	for level := uint(3); ; level-- {
+		e := t[ptIndex(va, level)]
+		if e&ptePresent == 0 {
+			return 0, 0, false
+		}
+		if level == 0 || e&pteHuge != 0 {
+			size := uint64(1) << (12 + 9*level)
+			return e&pteAddr&^(size-1) | va&(size-1), e &^ pteAddr, true
+		}
+		t = table(e)
+	}
+}

@@ -1,0 +1,105 @@
+package kernel
+
+import "unsafe"
+
+// Per-CPU state. Each CPU's GS base points at its CPU block for good (Go code uses FS, never
+// GS, so no SWAPGS is needed). While the CPU is in the kernel its FS base points at CPU.tls, so
+// that Go's g (loaded from FS:-8) is CPU.g: a g that carries only stack bounds covering this
+// CPU's kernel stacks. Go code in the kernel may therefore use ordinary (splittable) functions:
+// their prologue compares SP with g.stackguard0, which lies at the bottom of the CPU's stack
+// region, so they never call morestack unless the region overflows — and then morestack
+// dereferences g.m, which is nil, and faults at once instead of corrupting memory.
+//
+// Rules for kernel Go code (it runs outside the runtime's knowledge): no allocation, no
+// pointer stores into the heap or globals after the runtime has started (no write barriers),
+// no blocking on runtime primitives, no panics. State is held in fixed arrays of plain values.
+
+// MaxCPUs bounds the CPUs the kernel drives.
+const MaxCPUs = 16
+
+// Kernel stack sizes.
+const (
+	guardBytes  = 4 << 10
+	kstackBytes = 64 << 10 // SYSCALL entries and the idle loop
+	irqBytes    = 32 << 10 // IST1: external interrupts and IPIs
+	faultBytes  = 32 << 10 // IST2: exceptions
+	nmiBytes    = 16 << 10 // IST3: NMI
+	dfBytes     = 16 << 10 // IST4: double fault
+)
+
+// IST slots (TSS.IST index, 1-based as in the IDT gate).
+const (
+	istIRQ   = 1
+	istFault = 2
+	istNMI   = 3
+	istDF    = 4
+)
+
+type cpuStacks struct {
+	guard  [guardBytes]byte
+	kstack [kstackBytes]byte
+	irq    [irqBytes]byte
+	fault  [faultBytes]byte
+	nmi    [nmiBytes]byte
+	df     [dfBytes]byte
+}
+
+var stacks [MaxCPUs]cpuStacks
+
+// CPU is the per-CPU block. The first four fields are read by assembly (frame_amd64.h).
+type CPU struct {
+	self    uintptr // CPU_SELF
+	kstack  uintptr // CPU_KSTACK: top of the SYSCALL stack
+	scratch uintptr // CPU_SCRATCH: the interrupted RSP during SYSCALL entry
+	ktls    uintptr // CPU_KTLS: FS base while in the kernel
+
+	id      int
+	apicID  uint32
+	current int32 // index in threads of the thread running here; -1 while idle
+	online  uint32
+
+	sliceEnd int64 // when the running thread's time slice ends (ns)
+	ticks    uint64
+	switches uint64
+
+	g   [32]uintptr // the kernel g: stack.lo, stack.hi, stackguard0, stackguard1, zero rest
+	tls [2]uintptr  // tls[0] = &g; ktls = &tls[1]
+
+	gdt  [gdtEntries]uint64
+	tss  tss
+	desc [10]byte // pseudo-descriptor scratch for LGDT
+}
+
+var cpus [MaxCPUs]CPU
+
+// thisCPU returns the CPU block of the running CPU (GS:0).
+func thisCPU() *CPU
+
+// initCPU prepares CPU i's block and stacks; the CPU loads them with loadCPU.
+func initCPU(i int, apicID uint32) *CPU {
+	c := &cpus[i]
+	s := &stacks[i]
+	c.self = uintptr(unsafe.Pointer(c))
+	c.id = i
+	c.apicID = apicID
+	c.current = -1
+	c.kstack = top(s.kstack[:])
+	lo := uintptr(unsafe.Pointer(&s.guard[0]))
+	c.g[0] = lo
+	c.g[1] = top(s.df[:])
+	c.g[2] = lo + guardBytes
+	c.g[3] = lo + guardBytes
+	c.tls[0] = uintptr(unsafe.Pointer(&c.g[0]))
+	c.ktls = uintptr(unsafe.Pointer(&c.tls[1]))
+	c.tss.setIST(istIRQ, top(s.irq[:]))
+	c.tss.setIST(istFault, top(s.fault[:]))
+	c.tss.setIST(istNMI, top(s.nmi[:]))
+	c.tss.setIST(istDF, top(s.df[:]))
+	c.tss.setRSP0(c.kstack)
+	return c
+}
+
+// top returns the 16-byte aligned end of a stack.
+func top(b []byte) uintptr {
+	return (uintptr(unsafe.Pointer(&b[0])) + uintptr(len(b))) &^ 15
+}

@@ -1,0 +1,246 @@
+package kernel
+
+import "tracebed/apic"
+
+// Threads and scheduling.
+//
+// Protocol. Every Linux thread the Go runtime creates is a Thread whose registers at rest are
+// a Frame. All scheduling state (threads, run queue, futex and sleep waits, file descriptors)
+// is guarded by one lock, klock, held by kernel code from entry to exit; kernel code never
+// sleeps holding it and runs with interrupts off, so it is a spinlock.
+//
+//   - A kernel entry that keeps its thread (most syscalls, most interrupts) edits f in place.
+//   - A blocking syscall copies f into its Thread (state blocked, with a wait kind and an
+//     optional deadline), then reschedule loads the next runnable Thread's Frame into f; the
+//     common exit path resumes whatever f holds. Waking sets the sleeper's saved RAX to the
+//     syscall's result and appends it to the run queue.
+//   - With nothing runnable the CPU idles inside reschedule: it drops klock and executes
+//     STI;HLT. Interrupts taken there see current == -1 and never switch; they only wake
+//     threads, which the idle loop then picks up.
+//   - Preemption: the LAPIC timer (one-shot, re-armed at every scheduling decision to the
+//     nearer of the time-slice end and the earliest sleeper's deadline) moves a thread that has
+//     used its slice to the tail of the queue when another thread is waiting.
+//
+// The run queue is one FIFO shared by all CPUs (simple, fair, and with the handful of
+// threads the Go runtime creates, never long); per-CPU data lives in CPU.
+
+// MaxThreads bounds the threads the runtime may create.
+const MaxThreads = 256
+
+// timeslice is how long a thread runs before another waiting thread gets the CPU.
+const timeslice = 10_000_000 // ns
+
+// Thread states.
+const (
+	thFree = iota
+	thRunnable
+	thRunning
+	thBlocked
+)
+
+// What a blocked thread waits for.
+const (
+	waitNone = iota
+	waitFutex
+	waitSleep
+	waitEpoll
+)
+
+// Interrupt vectors the kernel programs.
+const (
+	vecTimer    = 0x30
+	vecWake     = 0x31
+	vecSpurious = 0xff
+)
+
+type Thread struct {
+	frame      Frame
+	state      uint32
+	wait       uint32
+	tid        int32
+	next       int32 // run-queue link
+	deadline   int64 // wake-up time for a timed wait (ns), 0 for none
+	timeoutRet uint64
+	futex      uint64
+	epfd       int32
+	cpu        int32
+}
+
+var (
+	klock    spinlock
+	threads  [MaxThreads]Thread
+	nthreads int32       // threads[:nthreads] have ever been used
+	nextTID  int32 = 100 // the first thread (the runtime's m0) gets 100
+	rqHead   int32 = -1
+	rqTail   int32 = -1
+	rqLen    int32
+	lapic    apic.LAPIC // Base set by kmain: package initialisers do not run in the kernel
+	lapicHz  uint64
+)
+
+func enqueue(i int32) {
+	threads[i].next = -1
+	if rqTail < 0 {
+		rqHead = i
+	} else {
+		threads[rqTail].next = i
+	}
+	rqTail = i
+	rqLen++
+}
+
+func dequeue() int32 {
+	i := rqHead
+	if i < 0 {
+		return -1
+	}
+	rqHead = threads[i].next
+	if rqHead < 0 {
+		rqTail = -1
+	}
+	rqLen--
+	return i
+}
+
+// newThread takes a free Thread slot and gives it a TID; -1 when none is left.
+func newThread() int32 {
+	for i := int32(0); i < MaxThreads; i++ {
+		t := &threads[i]
+		if t.state == thFree {
+			*t = Thread{tid: nextTID, next: -1, epfd: -1}
+			nextTID++
+			if i >= nthreads {
+				nthreads = i + 1
+			}
+			return i
+		}
+	}
+	return -1
+}
+
+// wake makes blocked thread i runnable with syscall result ret.
+func wake(i int32, ret uint64) {
+	t := &threads[i]
+	t.frame.RAX = ret
+	t.state = thRunnable
+	t.wait = waitNone
+	t.deadline = 0
+	enqueue(i)
+}
+
+// wakeExpired wakes every thread whose deadline has passed.
+func wakeExpired(now int64) {
+	for i := int32(0); i < nthreads; i++ {
+		t := &threads[i]
+		if t.state == thBlocked && t.deadline != 0 && t.deadline <= now {
+			wake(i, t.timeoutRet)
+		}
+	}
+}
+
+func earliestDeadline() int64 {
+	var d int64
+	for i := int32(0); i < nthreads; i++ {
+		t := &threads[i]
+		if t.state == thBlocked && t.deadline != 0 && (d == 0 || t.deadline < d) {
+			d = t.deadline
+		}
+	}
+	return d
+}
+
+// armTimer programs this CPU's one-shot timer for its next scheduling event.
+func (c *CPU) armTimer() {
+	next := earliestDeadline()
+	if c.current >= 0 && (next == 0 || c.sliceEnd < next) {
+		next = c.sliceEnd
+	}
+	if next == 0 {
+		lapic.OneShot(vecTimer, 0)
+		return
+	}
+	delta := next - nanotime()
+	if delta < 2000 {
+		delta = 2000
+	}
+	ticks := uint64(delta) * lapicHz / 1e9
+	if ticks > 0xffffffff {
+		ticks = 0xffffffff
+	}
+	if ticks == 0 {
+		ticks = 1
+	}
+	lapic.OneShot(vecTimer, uint32(ticks))
+}
+
+// resume makes thread i this CPU's current thread and loads its registers into f.
+func (c *CPU) resume(i int32, f *Frame) {
+	t := &threads[i]
+	t.state = thRunning
+	t.cpu = int32(c.id)
+	c.current = i
+	c.sliceEnd = nanotime() + timeslice
+	c.switches++
+	*f = t.frame
+}
+
+// reschedule gives the CPU to the next runnable thread, idling until there is one. The
+// current thread, if any, must already be saved. Called with klock held; returns with it held.
+func (c *CPU) reschedule(f *Frame) {
+	c.current = -1
+	for {
+		wakeExpired(nanotime())
+		if i := dequeue(); i >= 0 {
+			c.resume(i, f)
+			c.armTimer()
+			return
+		}
+		c.armTimer()
+		klock.unlock()
+		c.idle()
+		klock.lock()
+	}
+}
+
+// block saves the current thread as waiting for kind until woken or until deadline (then
+// returning timeoutRet), and switches away.
+func (c *CPU) block(f *Frame, kind uint32, deadline int64, timeoutRet uint64) {
+	t := &threads[c.current]
+	t.frame = *f
+	t.state = thBlocked
+	t.wait = kind
+	t.deadline = deadline
+	t.timeoutRet = timeoutRet
+	c.reschedule(f)
+}
+
+// yield puts the current thread at the tail of the run queue if another is waiting.
+func (c *CPU) yield(f *Frame) {
+	if rqLen == 0 {
+		return
+	}
+	t := &threads[c.current]
+	t.frame = *f
+	t.state = thRunnable
+	enqueue(c.current)
+	c.reschedule(f)
+}
+
+// timerInterrupt wakes sleepers and preempts a thread whose slice is over.
+// Trap context (IST1, interrupts off).
+func (c *CPU) timerInterrupt(f *Frame) {
+	lapic.EOI()
+	c.ticks++
+	klock.lock()
+	now := nanotime()
+	wakeExpired(now)
+	if c.current >= 0 && now >= c.sliceEnd {
+		if rqLen > 0 {
+			c.yield(f)
+		} else {
+			c.sliceEnd = now + timeslice
+		}
+	}
+	c.armTimer()
+	klock.unlock()
+}

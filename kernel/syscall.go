@@ -1,0 +1,367 @@
+package kernel
+
+import (
+	"sync/atomic"
+	"unsafe"
+
+	"tracebed/amd64"
+)
+
+// The Linux system-call host: the Go runtime issues SYSCALL exactly as on Linux and these
+// handlers answer in ring 0. Arguments follow the x86-64 Linux ABI (RDI, RSI, RDX, R10, R8,
+// R9; number in RAX; result or -errno in RAX). The handlers run with klock held.
+
+// Linux x86-64 system-call numbers (arch/x86/entry/syscalls/syscall_64.tbl).
+const (
+	nrRead            = 0
+	nrWrite           = 1
+	nrClose           = 3
+	nrFstat           = 5
+	nrMmap            = 9
+	nrMprotect        = 10
+	nrMunmap          = 11
+	nrBrk             = 12
+	nrRtSigaction     = 13
+	nrRtSigprocmask   = 14
+	nrIoctl           = 16
+	nrSchedYield      = 24
+	nrMincore         = 27
+	nrMadvise         = 28
+	nrNanosleep       = 35
+	nrGetpid          = 39
+	nrClone           = 56
+	nrExit            = 60
+	nrKill            = 62
+	nrUname           = 63
+	nrFcntl           = 72
+	nrSigaltstack     = 131
+	nrPrctl           = 157
+	nrArchPrctl       = 158
+	nrGettid          = 186
+	nrTkill           = 200
+	nrFutex           = 202
+	nrSchedGetaffin   = 204
+	nrClockGettime    = 228
+	nrClockGetres     = 229
+	nrClockNanosleep  = 230
+	nrExitGroup       = 231
+	nrEpollWait       = 232
+	nrEpollCtl        = 233
+	nrTgkill          = 234
+	nrOpenat          = 257
+	nrNewfstatat      = 262
+	nrReadlinkat      = 267
+	nrEpollPwait      = 281
+	nrEventfd         = 284
+	nrEventfd2        = 290
+	nrEpollCreate1    = 291
+	nrPrlimit64       = 302
+	nrGetrandom       = 318
+	nrRseq            = 334
+	nrEpollPwait2     = 441
+	maxSyscall         = 512
+)
+
+// errno values (asm-generic/errno-base.h, errno.h).
+const (
+	errEPERM     = 1
+	errENOENT    = 2
+	errEINTR     = 4
+	errEBADF     = 9
+	errEAGAIN    = 11
+	errENOMEM    = 12
+	errEFAULT    = 14
+	errEEXIST    = 17
+	errENODEV    = 19
+	errEINVAL    = 22
+	errEMFILE    = 24
+	errENOTTY    = 25
+	errENOSYS    = 38
+	errETIMEDOUT = 110
+)
+
+const (
+	archSetFS     = 0x1002
+	archGetFS     = 0x1003
+	futexWait     = 0
+	futexWake     = 1
+	futexWaitBits = 9
+	futexWakeBits = 10
+	futexCmdMask  = 0x7f // strips FUTEX_PRIVATE_FLAG and FUTEX_CLOCK_REALTIME
+	cloneVM       = 0x100
+	cloneThread   = 0x10000
+	cloneSetTLS   = 0x80000
+	timerAbstime  = 1
+	ssDisable     = 2
+)
+
+// Counters shown in diagnostics.
+var (
+	syscallCount [maxSyscall]uint64
+	warnedENOSYS [maxSyscall / 64]uint64
+	signalsSent  uint64
+	ncpuOnline   int
+)
+
+func u32(p uint64) *uint32 { return (*uint32)(unsafe.Pointer(uintptr(p))) }
+func u64(p uint64) *uint64 { return (*uint64)(unsafe.Pointer(uintptr(p))) }
+
+// userBytes views n bytes of the (single, shared) address space at p.
+func userBytes(p, n uint64) []byte {
+	return unsafe.Slice((*byte)(unsafe.Pointer(uintptr(p))), n)
+}
+
+// timespecNs reads a struct timespec.
+func timespecNs(p uint64) int64 { return int64(*u64(p))*1e9 + int64(*u64(p + 8)) }
+
+func putTimespec(p uint64, ns int64) {
+	*u64(p) = uint64(ns / 1e9)
+	*u64(p + 8) = uint64(ns % 1e9)
+}
+
+// syscall dispatches the SYSCALL in f and leaves the result in f.RAX (possibly after
+// blocking the thread, in which case f holds another thread when it returns).
+func (c *CPU) syscall(f *Frame) {
+	nr := f.RAX
+	a0, a1, a2, a3, a4 := f.RDI, f.RSI, f.RDX, f.R10, f.R8
+	if nr < maxSyscall {
+		syscallCount[nr]++
+	}
+	klock.lock()
+	var r int64
+	switch nr {
+	case nrWrite:
+		r = sysWriteFD(int64(a0), a1, a2)
+	case nrRead:
+		r = sysReadFD(int64(a0), a1, a2)
+	case nrClose:
+		r = closeFD(int64(a0))
+	case nrMmap:
+		r = sysMmap(a0, a1, a2, a3)
+	case nrMunmap:
+		r = sysMunmap(a0, a1)
+	case nrMadvise:
+		r = sysMadvise(a0, a1, a2)
+	case nrMprotect:
+		r = sysMprotect(a0, a1, a2)
+	case nrArchPrctl:
+		switch a0 {
+		case archSetFS:
+			f.FSBase = a1
+		case archGetFS:
+			*u64(a1) = f.FSBase
+		default:
+			r = -errEINVAL
+		}
+	case nrGettid:
+		r = int64(threads[c.current].tid)
+	case nrGetpid:
+		r = 100 // the first thread's TID, as on Linux
+	case nrSchedGetaffin:
+		r = schedGetaffinity(a1, a2)
+	case nrSchedYield:
+		f.RAX = 0
+		c.yield(f)
+		klock.unlock()
+		return
+	case nrClockGettime:
+		r = clockGettime(a0, a1)
+	case nrClockGetres:
+		if a1 != 0 {
+			putTimespec(a1, 1)
+		}
+	case nrNanosleep:
+		r = c.sleepUntil(f, nanotime()+timespecNs(a0))
+	case nrClockNanosleep:
+		d := timespecNs(a2)
+		if a1&timerAbstime != 0 {
+			if a0 == 0 { // CLOCK_REALTIME
+				d -= wallBase
+			}
+		} else {
+			d += nanotime()
+		}
+		r = c.sleepUntil(f, d)
+	case nrFutex:
+		r = c.futex(f, a0, a1, a2, a3)
+	case nrClone:
+		r = c.clone(f, a0, a1, a4)
+	case nrExit:
+		threads[c.current].state = thFree
+		c.reschedule(f)
+		klock.unlock()
+		return
+	case nrExitGroup:
+		exitGroup(int(a0))
+	case nrRtSigaction:
+		if a2 != 0 {
+			clear(userBytes(a2, 32)) // struct sigaction without the mask: handler SIG_DFL
+		}
+	case nrRtSigprocmask:
+		if a2 != 0 {
+			clear(userBytes(a2, a3))
+		}
+	case nrSigaltstack:
+		if a1 != 0 {
+			clear(userBytes(a1, 24))
+			*u32(a1 + 8) = ssDisable
+		}
+	case nrTgkill, nrTkill, nrKill:
+		signalsSent++ // signals are not delivered (GODEBUG=asyncpreemptoff=1)
+	case nrOpenat, nrNewfstatat, nrReadlinkat:
+		r = -errENOENT
+	case nrFcntl:
+		r = 0
+		if a1 == 3 { // F_GETFL
+			r = 2 // O_RDWR
+		}
+	case nrIoctl:
+		r = -errENOTTY
+	case nrPrctl, nrRseq:
+		r = -errEINVAL
+	case nrPrlimit64:
+		if a3 != 0 {
+			*u64(a3) = 1024
+			*u64(a3 + 8) = 4096
+		}
+	case nrGetrandom:
+		r = getrandom(a0, a1)
+	case nrEventfd, nrEventfd2:
+		r = newEventfd(a0)
+	case nrEpollCreate1:
+		r = newEpoll()
+	case nrEpollCtl:
+		r = epollCtl(int64(a0), a1, int64(a2), a3)
+	case nrEpollPwait, nrEpollWait:
+		r = c.epollWait(f, int64(a0), a1, a2, int64(int32(a3)))
+	default:
+		if nr < maxSyscall && warnedENOSYS[nr/64]&(1<<(nr%64)) == 0 {
+			warnedENOSYS[nr/64] |= 1 << (nr % 64)
+			var k kbuf
+			k.s("tracebed: unimplemented syscall ").dec(int64(nr)).s(", returning -ENOSYS").out()
+		}
+		r = -errENOSYS
+	}
+	if r != blocked {
+		f.RAX = uint64(r)
+	}
+	klock.unlock()
+}
+
+// blocked is returned by handlers that switched f to another thread: the sleeper's result is
+// set when it wakes.
+const blocked = -1 << 62
+
+func (c *CPU) sleepUntil(f *Frame, deadline int64) int64 {
+	if deadline <= nanotime() {
+		return 0
+	}
+	c.block(f, waitSleep, deadline, 0)
+	return blocked
+}
+
+func (c *CPU) futex(f *Frame, addr, op, val, timeout uint64) int64 {
+	switch op & futexCmdMask {
+	case futexWait, futexWaitBits:
+		if atomic.LoadUint32(u32(addr)) != uint32(val) {
+			return -errEAGAIN
+		}
+		var deadline int64
+		if timeout != 0 {
+			deadline = timespecNs(timeout)
+			if op&futexCmdMask == futexWait {
+				deadline += nanotime()
+			}
+			if deadline <= nanotime() {
+				return -errETIMEDOUT
+			}
+		}
+		threads[c.current].futex = addr
+		c.block(f, waitFutex, deadline, negErrno(errETIMEDOUT))
+		return blocked
+	case futexWake, futexWakeBits:
+		n := int64(0)
+		for i := int32(0); i < nthreads && n < int64(int32(val)); i++ {
+			t := &threads[i]
+			if t.state == thBlocked && t.wait == waitFutex && t.futex == addr {
+				wake(i, 0)
+				n++
+			}
+		}
+		kickIdle()
+		return n
+	}
+	return -errENOSYS
+}
+
+// clone creates a thread sharing everything (the runtime's newosproc): it resumes at the
+// same RIP with RAX=0, RSP=stack and, with CLONE_SETTLS, FS base = tls.
+func (c *CPU) clone(f *Frame, flags, stack, tls uint64) int64 {
+	if flags&(cloneVM|cloneThread) != cloneVM|cloneThread {
+		return -errEINVAL
+	}
+	i := newThread()
+	if i < 0 {
+		return -errEAGAIN
+	}
+	t := &threads[i]
+	t.frame = *f
+	t.frame.RAX = 0
+	t.frame.RSP = stack
+	if flags&cloneSetTLS != 0 {
+		t.frame.FSBase = tls
+	}
+	t.state = thRunnable
+	enqueue(i)
+	kickIdle()
+	return int64(t.tid)
+}
+
+func schedGetaffinity(size, mask uint64) int64 {
+	const bytes = 8
+	if size < bytes {
+		return -errEINVAL
+	}
+	clear(userBytes(mask, bytes))
+	for i := 0; i < ncpuOnline; i++ {
+		userBytes(mask, bytes)[i/8] |= 1 << (i % 8)
+	}
+	return bytes
+}
+
+func clockGettime(clk, ts uint64) int64 {
+	switch clk {
+	case 0, 5, 8: // REALTIME, REALTIME_COARSE, REALTIME_ALARM
+		putTimespec(ts, walltime())
+	case 1, 2, 3, 4, 6, 7, 9: // MONOTONIC(+RAW, COARSE), BOOTTIME, CPU-time clocks
+		putTimespec(ts, nanotime())
+	default:
+		return -errEINVAL
+	}
+	return 0
+}
+
+var randState uint64 = 0x9e3779b97f4a7c15
+
+// getrandom fills buf from splitmix64 seeded by the TSC: good enough for the runtime's hash
+// seeds, not for cryptography.
+func getrandom(buf, n uint64) int64 {
+	b := userBytes(buf, n)
+	for i := range b {
+		if i%8 == 0 {
+			randState += 0x9e3779b97f4a7c15 ^ amd64.RDTSC()
+		}
+		z := randState + uint64(i)
+		z = (z ^ z>>30) * 0xbf58476d1ce4e5b9
+		z = (z ^ z>>27) * 0x94d049bb133111eb
+		b[i] = byte(z ^ z>>31)
+	}
+	return int64(n)
+}
+
+// kickIdle wakes idle CPUs so they look at the run queue (only the boot CPU runs until the
+// SMP work brings the others online; it is then the IPI that makes a cross-CPU wake prompt).
+func kickIdle() {}
+
+// negErrno is -e as a register value.
+func negErrno(e int64) uint64 { return uint64(-e) }
