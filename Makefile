@@ -1,17 +1,37 @@
-GO ?= go
-QEMU ?= qemu-system-x86_64
+# tracebed: `make run` boots the kernel in QEMU with the default suites; `make test` runs every
+# test, on the host and in QEMU. QEMU comes from Debian's qemu-system-x86, installed on first
+# use when running as root.
+GO     ?= go
+QEMU   ?= qemu-system-x86_64
 KERNEL := build/kernel.elf
-KERNEL_LDFLAGS := -T 0x101000 -E tracebed/kernel.pvhEntry
+SMP    ?= 4
+RUNFLAGS ?=
 
 .PHONY: all kernel run test qemu clean
 all: kernel
 
-kernel: $(KERNEL)
+kernel:
+	$(GO) run ./cmd/tracebed build -o $(KERNEL)
 
-$(KERNEL): FORCE
-	@mkdir -p build
-	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -ldflags '$(KERNEL_LDFLAGS)' -o $@.tmp ./cmd/kernel
-	$(GO) run ./cmd/pvhnote $@.tmp
-	mv $@.tmp $@
+qemu:
+	@command -v $(QEMU) >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "tracebed: installing Debian's qemu-system-x86"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 >/dev/null; \
+	  else \
+	    echo "tracebed: $(QEMU) not found: install it with 'sudo apt-get install qemu-system-x86'" >&2; exit 1; \
+	  fi; }
 
-FORCE:
+run: qemu
+	@start=$$(date +%s%N); \
+	$(MAKE) --no-print-directory kernel && \
+	$(GO) run ./cmd/tracebed run --smp $(SMP) $(RUNFLAGS); status=$$?; \
+	end=$$(date +%s%N); \
+	echo "tracebed: make run took $$(( (end - start) / 1000000 )) ms in total (build included)"; \
+	exit $$status
+
+test: qemu
+	$(GO) test -count=1 -timeout 60m ./...
+
+clean:
+	rm -rf build

@@ -1,15 +1,47 @@
-// Command kernel is the tracebed kernel image: the kernel package boots the machine and hosts
-// the Go runtime, which then runs this main — the in-kernel test runner.
+// Command kernel is the tracebed kernel image: package kernel boots the machine and hosts the
+// Go runtime, which then runs this main — the in-kernel test runner. Its command line is the
+// PVH command line (QEMU -append), one word per argument.
 package main
 
 import (
 	"fmt"
 	"os"
 
-	_ "tracebed/kernel"
+	"tracebed/kernel"
+	"tracebed/kernel/ktest"
+	"tracebed/kernel/suites"
 )
 
+var all = []ktest.Suite{suites.Runtime, suites.Hang, suites.Fault}
+
+// defaults run when the command line names no suite.
+var defaults = []string{"runtime"}
+
 func main() {
-	fmt.Println("hello from Go main, args", os.Args)
+	var names []string
+	for _, s := range all {
+		names = append(names, s.Name)
+	}
+	opts, err := ktest.ParseCmdline(os.Args[1:], names)
+	if err != nil {
+		ktest.ReportError(os.Stdout, err)
+		os.Exit(1)
+	}
+	if len(opts.Suites) == 0 {
+		opts.Suites = defaults
+	}
+	var run []ktest.Suite
+	for _, n := range opts.Suites {
+		for _, s := range all {
+			if s.Name == n {
+				run = append(run, s)
+			}
+		}
+	}
+	fmt.Printf("# tracebed: runtime up %.1f ms after the runtime's first instruction, %d CPU(s)\n",
+		float64(kernel.SinceRuntimeStart().Microseconds())/1000, kernel.OnlineCPUs())
+	if !ktest.Run(os.Stdout, run, opts) {
+		os.Exit(1)
+	}
 	os.Exit(0)
 }

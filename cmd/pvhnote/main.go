@@ -7,6 +7,8 @@ package main
 import (
 	"fmt"
 	"os"
+
+	"tracebed/pvh"
 )
 
 func main() {
@@ -25,7 +27,7 @@ func run(path string) error {
 	if err != nil {
 		return fmt.Errorf("pvhnote: %w", err)
 	}
-	if err := addPVHNote(img); err != nil {
+	if err := pvh.AddNote(img); err != nil {
 		return fmt.Errorf("%w (%s)", err, path)
 	}
 	return os.WriteFile(path, img, 0o755)

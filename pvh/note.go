@@ -1,4 +1,6 @@
-package main
+// Package pvh is the host side of the PVH boot protocol: it turns a static Go ELF into an image
+// that QEMU -kernel, Xen PVH, Firecracker and Cloud Hypervisor enter in 32-bit mode.
+package pvh
 
 import (
 	"bytes"
@@ -20,37 +22,38 @@ const (
 	shdrBytes           = 64
 )
 
-var errNoRoom = errors.New("no PT_NOTE segment large enough for the PVH note")
+// ErrNoRoom: the image has no PT_NOTE segment that can hold the note.
+var ErrNoRoom = errors.New("no PT_NOTE segment large enough for the PVH note")
 
-// addPVHNote rewrites the only PT_NOTE segment of an ELF64 image (the Go linker's
+// AddNote rewrites the only PT_NOTE segment of an ELF64 image (the Go linker's
 // .note.go.buildid) into the PVH entry note pointing at the ELF entry, in place, and trims the
 // segment and its section to the note's size. The image length does not change.
-func addPVHNote(img []byte) error {
+func AddNote(img []byte) error {
 	f, err := elf.NewFile(bytes.NewReader(img))
 	if err != nil {
-		return fmt.Errorf("pvhnote: not an ELF file: %w", err)
+		return fmt.Errorf("pvh: not an ELF file: %w", err)
 	}
 	if f.Class != elf.ELFCLASS64 || f.Machine != elf.EM_X86_64 {
-		return fmt.Errorf("pvhnote: want an ELF64 x86-64 image, have %v %v", f.Class, f.Machine)
+		return fmt.Errorf("pvh: want an ELF64 x86-64 image, have %v %v", f.Class, f.Machine)
 	}
 	if f.Entry >= 1<<32 {
-		return fmt.Errorf("pvhnote: entry %#x is above 4 GiB: PVH enters in 32-bit mode", f.Entry)
+		return fmt.Errorf("pvh: entry %#x is above 4 GiB: PVH enters in 32-bit mode", f.Entry)
 	}
 	var note *elf.Prog
 	idx := -1
 	for i, p := range f.Progs {
 		if p.Type == elf.PT_NOTE {
 			if note != nil {
-				return fmt.Errorf("pvhnote: more than one PT_NOTE segment")
+				return fmt.Errorf("pvh: more than one PT_NOTE segment")
 			}
 			note, idx = p, i
 		}
 	}
 	if note == nil || note.Filesz < uint64(noteBytes) {
-		return fmt.Errorf("pvhnote: %w", errNoRoom)
+		return fmt.Errorf("pvh: %w", ErrNoRoom)
 	}
 	if note.Off+uint64(noteBytes) > uint64(len(img)) {
-		return fmt.Errorf("pvhnote: PT_NOTE at %#x lies outside the file", note.Off)
+		return fmt.Errorf("pvh: PT_NOTE at %#x lies outside the file", note.Off)
 	}
 	le := binary.LittleEndian
 	n := img[note.Off : note.Off+uint64(noteBytes)]
@@ -74,8 +77,8 @@ func addPVHNote(img []byte) error {
 	return nil
 }
 
-// pvhEntry returns the entry address recorded in an image's PVH note, if it has one.
-func pvhEntry(img []byte) (uint64, bool) {
+// Entry returns the entry address recorded in an image's PVH note, if it has one.
+func Entry(img []byte) (uint64, bool) {
 	f, err := elf.NewFile(bytes.NewReader(img))
 	if err != nil {
 		return 0, false

@@ -1,0 +1,92 @@
+package ktest
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Options is what the kernel command line (QEMU -append, one word per argv entry) selects.
+type Options struct {
+	Suites []string          // in the order given; empty means the defaults
+	Seed   int64             // seed=N, for randomised cases
+	Params map[string]string // other known key=value parameters, for the suites to read
+}
+
+// Known parameters besides suite= and seed=; a suite that reads a parameter lists it here.
+var knownParams = map[string]string{
+	"gc_mib": "MiB the runtime suite's GC stress allocates in total (default 1024)",
+}
+
+// ParseCmdline parses words of the form key=value. Unknown keys, repeated keys, words without
+// '=', empty values and malformed numbers are errors, as are suites not in known.
+func ParseCmdline(words []string, known []string) (Options, error) {
+	o := Options{Seed: 1, Params: map[string]string{}}
+	seen := map[string]bool{}
+	for _, w := range words {
+		k, v, ok := strings.Cut(w, "=")
+		if !ok || k == "" {
+			return o, fmt.Errorf("malformed option %q: want key=value", w)
+		}
+		if v == "" {
+			return o, fmt.Errorf("option %q has an empty value", k)
+		}
+		if seen[k] {
+			return o, fmt.Errorf("option %q given twice", k)
+		}
+		seen[k] = true
+		switch k {
+		case "suite":
+			for _, s := range strings.Split(v, ",") {
+				if !contains(known, s) {
+					return o, fmt.Errorf("unknown suite %q (known: %s)", s, strings.Join(known, ", "))
+				}
+				o.Suites = append(o.Suites, s)
+			}
+		case "seed":
+			n, err := strconv.ParseInt(v, 0, 64)
+			if err != nil {
+				return o, fmt.Errorf("seed %q is not an integer", v)
+			}
+			o.Seed = n
+		default:
+			if _, ok := knownParams[k]; !ok {
+				return o, fmt.Errorf("unknown option %q (known: %s)", k, strings.Join(optionNames(), ", "))
+			}
+			o.Params[k] = v
+		}
+	}
+	return o, nil
+}
+
+// IntParam returns parameter k as an integer, or def when it is absent.
+func (o Options) IntParam(k string, def int64) (int64, error) {
+	v, ok := o.Params[k]
+	if !ok {
+		return def, nil
+	}
+	n, err := strconv.ParseInt(v, 0, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("option %s=%q: want a positive integer", k, v)
+	}
+	return n, nil
+}
+
+func optionNames() []string {
+	names := []string{"suite", "seed"}
+	for k := range knownParams {
+		names = append(names, k)
+	}
+	sort.Strings(names[2:])
+	return names
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
