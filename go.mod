@@ -3,3 +3,8 @@ module tracebed
 go 1.26.8
 
 require github.com/usbarmory/tamago v1.26.1
+
+require (
+	github.com/stretchr/testify v1.12.1
+	go.yaml.in/yaml/v3 v3.0.5 // indirect
+)

@@ -48,7 +48,7 @@ func banner() {
 		family += (sig >> 20) & 0xff
 	}
 	k.s("tracebed: cpu ").bytes(vendor[:]).s(" \"").bytes(brand[:n]).s("\" family ").dec(int64(family)).
-		s(" model ").dec(int64(model)).s(" stepping ").dec(int64(sig&0xf)).out()
+		s(" model ").dec(int64(model)).s(" stepping ").dec(int64(sig & 0xf)).out()
 	k.s("tracebed: cpu features")
 	for _, f := range featEDX1 {
 		if edx1&(1<<f.bit) != 0 {
@@ -69,11 +69,11 @@ func banner() {
 	k.out()
 	for i := 0; i < boot.nmem; i++ {
 		r := boot.mem[i]
-		k.s("tracebed: memory ").hex(r.base).s("-").hex(r.base+r.size-1).s(" ").s(memTypeName(r.typ)).out()
+		k.s("tracebed: memory ").hex(r.base).s("-").hex(r.base + r.size - 1).s(" ").s(memTypeName(r.typ)).out()
 	}
 	k.s("tracebed: memory free ").dec(int64(pmem.free * pageSize >> 20)).s(" MiB, kernel ").
 		hex(uint64(kernelStart())).s("-").hex(uint64(kernelEnd())).out()
 	k.s("tracebed: cmdline \"").bytes(boot.cmdline[:boot.cmdlen]).s("\"").out()
-	k.s("tracebed: clock TSC ").dec(int64(tscHz/1000)).s(" kHz calibrated against PIT channel 2, LAPIC timer ").
-		dec(int64(lapicHz/1000)).s(" kHz, RTC wall clock ").dec(wallBase/1e9).out()
+	k.s("tracebed: clock TSC ").dec(int64(tscHz / 1000)).s(" kHz calibrated against PIT channel 2, LAPIC timer ").
+		dec(int64(lapicHz / 1000)).s(" kHz, RTC wall clock ").dec(wallBase / 1e9).out()
 }

@@ -62,6 +62,9 @@ func (s *regionSet) add(start, end uint64) bool {
 // remove releases [start, end), splitting a range if needed; false when a split finds the
 // table full.
 func (s *regionSet) remove(start, end uint64) bool {
+	if start >= end {
+		return true
+	}
 	for i := 0; i < s.n; i++ {
 		r := s.r[i]
 		if r.end <= start || r.start >= end {

@@ -8,7 +8,7 @@ package kernel
 // bug. MADV_DONTNEED zeroes in place (the runtime relies on zeroed pages after it).
 
 const (
-	identityTop = 4 << 30           // [0, identityTop) is the kernel's identity map
+	identityTop = 4 << 30          // [0, identityTop) is the kernel's identity map
 	userTop     = 0x8000_0000_0000 // end of the lower canonical half
 	mmapBase    = 0x7f00_0000_0000 // non-hinted mappings are placed downward from here
 )

@@ -29,7 +29,7 @@ const usage = "usage: tracebed run|build|parse [flags] (tracebed CMD -h for flag
 
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, usage)
+		fmt.Fprintln(stderr, "tracebed: "+usage)
 		return 2
 	}
 	var err error

@@ -1,0 +1,91 @@
+package ktest
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+var known = []string{"runtime", "hang", "fault"}
+
+func TestParseCmdline(t *testing.T) {
+	o, err := ParseCmdline(nil, known)
+	require.NoError(t, err)
+	assert.Empty(t, o.Suites)
+	assert.Equal(t, int64(1), o.Seed)
+
+	o, err = ParseCmdline([]string{"suite=runtime,fault", "seed=42", "gc_mib=64"}, known)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"runtime", "fault"}, o.Suites)
+	assert.Equal(t, int64(42), o.Seed)
+	n, err := o.IntParam("gc_mib", 1024)
+	require.NoError(t, err)
+	assert.Equal(t, int64(64), n)
+	n, err = o.IntParam("absent", 7)
+	require.NoError(t, err)
+	assert.Equal(t, int64(7), n)
+}
+
+func TestParseCmdlineErrors(t *testing.T) {
+	for words, want := range map[string]string{
+		"bogus=1":              `unknown option "bogus"`,
+		"suite":                "malformed option",
+		"=x":                   "malformed option",
+		"suite=":               "empty value",
+		"suite=nope":           `unknown suite "nope"`,
+		"seed=ten":             "not an integer",
+		"seed=1 seed=2":        "given twice",
+		"suite=runtime,,fault": `unknown suite ""`,
+	} {
+		_, err := ParseCmdline(strings.Fields(words), known)
+		assert.ErrorContains(t, err, want, words)
+	}
+	o, err := ParseCmdline([]string{"gc_mib=-5"}, known)
+	require.NoError(t, err)
+	_, err = o.IntParam("gc_mib", 1)
+	assert.ErrorContains(t, err, "positive integer")
+}
+
+func TestRunPrintsKTAP(t *testing.T) {
+	var buf bytes.Buffer
+	ok := Run(&buf, []Suite{
+		{Name: "alpha", Cases: []Case{
+			{"passes", func(t *T) { t.Diag("answer", 42) }},
+			{"fails", func(t *T) { t.Errorf("bad %d", 1) }},
+			{"panics", func(t *T) { panic(errors.New("boom")) }},
+			{"stops", func(t *T) { t.Fatalf("stop"); t.Diag("unreached", 1) }},
+		}},
+		{Name: "beta", Cases: []Case{{"ok", func(t *T) {}}}},
+	}, Options{Seed: 3})
+	assert.False(t, ok)
+	out := buf.String()
+	for _, want := range []string{
+		"KTAP version 1\n1..2\n",
+		"    KTAP version 1\n    # Subtest: alpha\n    1..4\n",
+		"    # answer=42\n",
+		"    ok 1 passes\n",
+		"    # error: bad 1\n",
+		"    not ok 2 fails\n",
+		"    # error: panic: boom\n",
+		"    not ok 3 panics\n",
+		"    not ok 4 stops\n",
+		"not ok 1 alpha\n",
+		"ok 2 beta\n",
+	} {
+		assert.Contains(t, out, want)
+	}
+	assert.NotContains(t, out, "unreached")
+}
+
+func TestReportError(t *testing.T) {
+	var buf bytes.Buffer
+	ReportError(&buf, errors.New(`unknown option "x"`))
+	assert.Equal(t, "KTAP version 1\n1..1\n# error: unknown option \"x\"\nnot ok 1 cmdline\n", buf.String())
+	assert.Equal(t, 33, QEMUStatus(ExitPass))
+	assert.Equal(t, 35, QEMUStatus(ExitFail))
+	assert.Equal(t, 37, QEMUStatus(ExitFatal))
+}

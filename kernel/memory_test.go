@@ -1,0 +1,181 @@
+package kernel
+
+import (
+	"math/rand"
+	"testing"
+	"unsafe"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// arena gives the host tests page-aligned "physical" memory: the page-table code reaches
+// tables through the identity map, and a Go byte slice's own addresses are exactly that here.
+func arena(t *testing.T, pages int) (base uint64, f *frames) {
+	t.Helper()
+	buf := make([]byte, (pages+1)*pageSize)
+	base = (uint64(uintptr(unsafe.Pointer(&buf[0]))) + pageSize - 1) &^ (pageSize - 1)
+	t.Cleanup(func() { _ = buf[0] })
+	f = &frames{}
+	f.init(base, make([]uint64, (pages+63)/64), uint64(pages))
+	f.release(base, uint64(pages)*pageSize)
+	return base, f
+}
+
+func TestFramesAllocAndFree(t *testing.T) {
+	base, f := arena(t, 130)
+	require.Equal(t, uint64(130), f.free)
+	seen := map[uint64]bool{}
+	for i := 0; i < 130; i++ {
+		pa, ok := f.alloc()
+		require.True(t, ok)
+		require.Zero(t, pa%pageSize)
+		require.GreaterOrEqual(t, pa, base)
+		require.Less(t, pa, base+130*pageSize)
+		require.False(t, seen[pa], "frame %#x handed out twice", pa)
+		seen[pa] = true
+	}
+	_, ok := f.alloc()
+	assert.False(t, ok, "exhausted allocator must refuse")
+	assert.Zero(t, f.free)
+	assert.True(t, f.put(base+5*pageSize))
+	assert.False(t, f.put(base+5*pageSize), "double free is refused")
+	assert.False(t, f.put(base+5*pageSize+1), "unaligned address is refused")
+	assert.False(t, f.put(base-pageSize), "foreign address is refused")
+	pa, ok := f.alloc()
+	assert.True(t, ok)
+	assert.Equal(t, base+5*pageSize, pa)
+}
+
+func TestFramesReserveAndReleaseRounding(t *testing.T) {
+	base, f := arena(t, 64)
+	f.reserve(base+pageSize+1, 10) // touches frame 1 only
+	assert.Equal(t, uint64(63), f.free)
+	assert.True(t, f.inUse(base+pageSize))
+	f.reserve(base+2*pageSize-1, 2) // straddles frames 1 and 2
+	assert.Equal(t, uint64(62), f.free)
+	f.release(base+pageSize+1, pageSize) // covers no whole frame
+	assert.Equal(t, uint64(62), f.free)
+	f.release(base, 3*pageSize)
+	assert.Equal(t, uint64(64), f.free)
+	f.reserve(base+1000*pageSize, pageSize) // outside: ignored
+	assert.Equal(t, uint64(64), f.free)
+}
+
+func TestPageTableMapsAnyCanonicalAddress(t *testing.T) {
+	_, f := arena(t, 512)
+	root, ok := f.alloc()
+	require.True(t, ok)
+	clear(table(root)[:])
+	pt := pageTable{root: root, alloc: f}
+	data, _ := f.alloc()
+	vas := []uint64{
+		0x1000,
+		0x0000_00c0_0000_0000,
+		0x0000_7fff_ffff_f000, // top of the lower half
+		0xffff_8000_0000_0000, // bottom of the upper half
+		0xffff_ffff_ffff_f000,
+		0x0000_0012_3456_7000 + 8<<30, // far from the rest: 4 GiB+ away
+	}
+	for _, va := range vas {
+		require.Equal(t, ptOK, pt.mapPage(va, data, pteWrite|pteNX), "%#x", va)
+		pa, fl, ok := pt.lookup(va + 0x123)
+		require.True(t, ok, "%#x", va)
+		assert.Equal(t, data+0x123, pa)
+		assert.NotZero(t, fl&pteNX)
+	}
+	assert.Equal(t, ptMapped, pt.mapPage(vas[0], data, pteWrite))
+	assert.Equal(t, ptNonCanonical, pt.mapPage(0x0000_8000_0000_0000, data, pteWrite))
+	assert.Equal(t, ptNonCanonical, pt.mapPage(0xffff_7fff_ffff_f000, data, pteWrite))
+	assert.Equal(t, ptUnaligned, pt.mapPage(0x2001, data, pteWrite))
+	_, _, ok = pt.lookup(0x2000)
+	assert.False(t, ok)
+	pa, ok := pt.unmapPage(vas[1])
+	assert.True(t, ok)
+	assert.Equal(t, data, pa)
+	_, _, ok = pt.lookup(vas[1])
+	assert.False(t, ok)
+	_, ok = pt.unmapPage(vas[1])
+	assert.False(t, ok)
+}
+
+func TestPageTableHugePagesAndExhaustion(t *testing.T) {
+	_, f := arena(t, 8)
+	root, _ := f.alloc()
+	clear(table(root)[:])
+	pt := pageTable{root: root, alloc: f}
+	// A 2 MiB page hand-built at PML4[0]/PDPT[0]/PD[1], as the boot tables are.
+	pdpt, _ := f.alloc()
+	pd, _ := f.alloc()
+	clear(table(pdpt)[:])
+	clear(table(pd)[:])
+	table(root)[0] = pdpt | ptePresent | pteWrite
+	table(pdpt)[0] = pd | ptePresent | pteWrite
+	table(pd)[1] = 0x4000_0000 | ptePresent | pteWrite | pteHuge
+	pa, _, ok := pt.lookup(0x20_0000 + 0x1234)
+	require.True(t, ok)
+	assert.Equal(t, uint64(0x4000_1234), pa)
+	assert.Equal(t, ptHugeInTheWay, pt.mapPage(0x20_1000, 0x5000, pteWrite))
+	// Each new region far apart needs three new tables; the arena runs out.
+	var r int
+	for i := uint64(1); i < 10 && r == ptOK; i++ {
+		r = pt.mapPage(i<<39, 0x5000, pteWrite)
+	}
+	assert.Equal(t, ptNoMemory, r)
+}
+
+func TestCanonical(t *testing.T) {
+	assert.True(t, canonical(0))
+	assert.True(t, canonical(0x7fff_ffff_ffff))
+	assert.False(t, canonical(0x8000_0000_0000))
+	assert.True(t, canonical(0xffff_8000_0000_0000))
+	assert.False(t, canonical(0x0001_0000_0000_0000))
+}
+
+func TestRegionSetAgainstModel(t *testing.T) {
+	// Random adds and removes on a small page universe, checked against a bitmap model.
+	r := rand.New(rand.NewSource(7))
+	var s regionSet
+	const pages = 256
+	var model [pages]bool
+	for step := 0; step < 5000; step++ {
+		a, b := uint64(r.Intn(pages)), uint64(r.Intn(pages))
+		if a > b {
+			a, b = b, a
+		}
+		if r.Intn(2) == 0 {
+			require.True(t, s.add(a*pageSize, b*pageSize))
+			for i := a; i < b; i++ {
+				model[i] = true
+			}
+		} else {
+			require.True(t, s.remove(a*pageSize, b*pageSize))
+			for i := a; i < b; i++ {
+				model[i] = false
+			}
+		}
+		for i := 0; i+1 < s.n; i++ {
+			require.Less(t, s.r[i].end, s.r[i+1].start, "ranges sorted, disjoint, not adjacent")
+		}
+		q := uint64(r.Intn(pages))
+		want := model[q]
+		assert.Equal(t, want, s.overlaps(q*pageSize, (q+1)*pageSize), "step %d page %d", step, q)
+	}
+	var n uint64
+	for _, v := range model {
+		if v {
+			n += pageSize
+		}
+	}
+	assert.Equal(t, n, s.reserved())
+}
+
+func TestRegionSetFull(t *testing.T) {
+	var s regionSet
+	for i := uint64(0); i < maxRegions; i++ {
+		require.True(t, s.add(i*2*pageSize, (i*2+1)*pageSize))
+	}
+	assert.False(t, s.add(maxRegions*2*pageSize+pageSize, maxRegions*2*pageSize+2*pageSize))
+	assert.False(t, s.remove(pageSize/2, pageSize/2+1), "a split with a full table fails")
+	assert.True(t, s.add(pageSize, 2*pageSize), "a merge needs no new slot")
+}

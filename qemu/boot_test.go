@@ -1,0 +1,111 @@
+package qemu_test
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"tracebed/qemu"
+)
+
+// These tests boot the real kernel in QEMU (TCG). They never skip: without QEMU they fail
+// with the install instruction (make test installs it first).
+
+var (
+	buildOnce sync.Once
+	kernelELF string
+	buildErr  error
+)
+
+func kernel(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "tracebed-kernel")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		kernelELF = filepath.Join(dir, "kernel.elf")
+		buildErr = qemu.BuildKernel("..", kernelELF)
+	})
+	require.NoError(t, buildErr)
+	return kernelELF
+}
+
+func boot(t *testing.T, cfg qemu.Config) *qemu.Report {
+	t.Helper()
+	cfg.Kernel = kernel(t)
+	rep, err := qemu.Run(cfg, nil)
+	require.NoError(t, err)
+	t.Logf("%s", strings.Join(rep.Summary(), "\n"))
+	return rep
+}
+
+func diagFloat(t *testing.T, r *qemu.Result, key string) float64 {
+	t.Helper()
+	v, ok := r.Diag(key)
+	require.True(t, ok, "%s: no diagnostic %s in %v", r.Name, key, r.Diags)
+	f, err := strconv.ParseFloat(v, 64)
+	require.NoError(t, err)
+	return f
+}
+
+func TestRuntimeSuiteInQEMU(t *testing.T) {
+	rep := boot(t, qemu.Config{SMP: 4, Append: "suite=runtime", Timeout: 10 * time.Minute})
+	require.Equal(t, qemu.Pass, rep.Outcome, "tail:\n%s", strings.Join(rep.Tail, "\n"))
+	require.NoError(t, rep.KTAPError)
+	require.Len(t, rep.Results, 1)
+	rt := rep.Results[0]
+	assert.Equal(t, "runtime", rt.Name)
+	for _, name := range []string{"goroutines_10000", "channels_select_timers", "sleep_accuracy", "maps",
+		"fmt", "panic_recover", "gc_stress", "mutex_contention_8"} {
+		c := rt.Find(name)
+		if assert.NotNil(t, c, name) {
+			assert.True(t, c.OK, name)
+		}
+	}
+	assert.Equal(t, 10000.0, diagFloat(t, rt.Find("goroutines_10000"), "spawned"))
+	gc := rt.Find("gc_stress")
+	assert.GreaterOrEqual(t, diagFloat(t, gc, "total_alloc_mib"), 1024.0)
+	assert.GreaterOrEqual(t, diagFloat(t, gc, "gc_cycles"), 20.0)
+	for _, ms := range []string{"1", "10", "100"} {
+		got := diagFloat(t, rt.Find("sleep_accuracy"), "sleep_"+ms+"ms_measured_ms")
+		want, _ := strconv.ParseFloat(ms, 64)
+		assert.GreaterOrEqual(t, got, want)
+	}
+	assert.Greater(t, rep.FirstKTAP, time.Duration(0))
+}
+
+func TestHangIsDetected(t *testing.T) {
+	rep := boot(t, qemu.Config{Append: "suite=hang", Timeout: 20 * time.Second})
+	assert.Equal(t, qemu.Hang, rep.Outcome)
+	assert.Contains(t, strings.Join(rep.Tail, "\n"), "hanging on purpose")
+	assert.LessOrEqual(t, len(rep.Tail), qemu.TailLines)
+	assert.Less(t, rep.Total, 60*time.Second, "the timeout bounds the run")
+}
+
+func TestFaultIsDetected(t *testing.T) {
+	rep := boot(t, qemu.Config{Append: "suite=fault", Timeout: 2 * time.Minute})
+	require.Equal(t, qemu.Fatal, rep.Outcome, "tail:\n%s", strings.Join(rep.Tail, "\n"))
+	tail := strings.Join(rep.Tail, "\n")
+	assert.Contains(t, tail, "vector 14 #PF page fault")
+	assert.Contains(t, tail, "CR2 0xdeadbee000")
+	require.NotEmpty(t, rep.Stack)
+	assert.Contains(t, strings.Join(rep.Stack, "\n"), "tracebed/kernel/suites", "the stack is symbolized")
+}
+
+func TestBadCommandLineFails(t *testing.T) {
+	rep := boot(t, qemu.Config{Append: "suite=runtime bogus=1", Timeout: 2 * time.Minute})
+	assert.Equal(t, qemu.Fail, rep.Outcome)
+	require.Len(t, rep.Results, 1)
+	assert.Equal(t, "cmdline", rep.Results[0].Name)
+	assert.False(t, rep.Results[0].OK)
+	assert.Contains(t, strings.Join(rep.Tail, "\n"), `unknown option "bogus"`)
+}
