@@ -18,3 +18,12 @@ func SyscallCount(nr int) uint64 {
 	}
 	return syscallCount[nr]
 }
+
+// ContextSwitches is the number of times any CPU loaded a thread.
+func ContextSwitches() uint64 {
+	var n uint64
+	for i := range cpus {
+		n += cpus[i].switches
+	}
+	return n
+}

@@ -65,7 +65,7 @@ func TestRuntimeSuiteInQEMU(t *testing.T) {
 	rt := rep.Results[0]
 	assert.Equal(t, "runtime", rt.Name)
 	for _, name := range []string{"goroutines_10000", "channels_select_timers", "sleep_accuracy", "maps",
-		"fmt", "panic_recover", "gc_stress", "mutex_contention_8"} {
+		"fmt", "panic_recover", "gc_stress", "mutex_contention_8", "preempt_spinning_thread"} {
 		c := rt.Find(name)
 		if assert.NotNil(t, c, name) {
 			assert.True(t, c.OK, name)

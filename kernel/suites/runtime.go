@@ -8,12 +8,14 @@ import (
 	"fmt"
 	"math/rand"
 	"runtime"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"tracebed/kernel"
 	"tracebed/kernel/ktest"
 )
 
@@ -27,6 +29,7 @@ var Runtime = ktest.Suite{Name: "runtime", Cases: []ktest.Case{
 	{"panic_recover", panicRecover},
 	{"gc_stress", gcStress},
 	{"mutex_contention_8", mutexContention},
+	{"preempt_spinning_thread", preemptSpinner},
 }}
 
 func goroutines(t *ktest.T) {
@@ -313,4 +316,47 @@ func mutexContention(t *ktest.T) {
 // optionInt reads an integer kernel parameter for a case.
 func optionInt(t *ktest.T, key string, def int64) (int64, error) {
 	return ktest.Options{Params: t.Params}.IntParam(key, def)
+}
+
+// preemptSpinner proves the kernel preempts threads: with more Ps than CPUs, a goroutine
+// spinning with no preemption point (no calls; async preemption is off) holds its thread on
+// a CPU. Another goroutine, on another thread, must still sleep and wake 20 times meanwhile,
+// which only happens if the LAPIC timer takes the CPU from the spinning thread. GC is off for
+// the duration: a stop-the-world could not stop the spinner either.
+func preemptSpinner(t *ktest.T) {
+	procs := runtime.GOMAXPROCS(0)
+	runtime.GOMAXPROCS(max(procs, kernel.OnlineCPUs()+1))
+	defer runtime.GOMAXPROCS(procs)
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	var stop, spinning atomic.Bool
+	var spins int64
+	done := make(chan int64)
+	go func() {
+		spinning.Store(true)
+		n := int64(0)
+		for !stop.Load() {
+			n++
+		}
+		done <- n
+	}()
+	for !spinning.Load() {
+		runtime.Gosched()
+	}
+	before := kernel.ContextSwitches()
+	start := time.Now()
+	wakes := 0
+	for i := 0; i < 20; i++ {
+		time.Sleep(2 * time.Millisecond)
+		wakes++
+	}
+	elapsed := time.Since(start)
+	stop.Store(true)
+	spins = <-done
+	t.Diag("wakeups_while_spinning", wakes)
+	t.Diag("spin_iterations", spins)
+	t.Diag("sleep_loop_ms", elapsed.Milliseconds())
+	t.Diag("context_switches", kernel.ContextSwitches()-before)
+	if spins == 0 {
+		t.Errorf("the spinner never ran")
+	}
 }
