@@ -1,6 +1,8 @@
 module tracebed
 
-go 1.26.8
+go 1.26.1
+
+toolchain go1.26.8
 
 require github.com/usbarmory/tamago v1.26.1
 
