@@ -6,7 +6,7 @@ const pageSize = 4096
 
 // frames is the physical page allocator: one bit per 4 KiB frame (1 = in use) over
 // [base, base+n*pageSize). Everything starts in use; the memory map releases RAM and the boot
-// code reserves what the kernel occupies. Callers serialise access (vmLock).
+// code reserves what the kernel occupies. Callers serialise access with klock (the only kernel lock so far).
 type frames struct {
 	base uint64
 	bits []uint64
