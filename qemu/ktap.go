@@ -27,6 +27,17 @@ func (r *Result) Diag(key string) (string, bool) {
 	return "", false
 }
 
+// Passed counts the children that passed.
+func (r *Result) Passed() int {
+	n := 0
+	for _, c := range r.Children {
+		if c.OK {
+			n++
+		}
+	}
+	return n
+}
+
 // Find returns the direct child named name.
 func (r *Result) Find(name string) *Result {
 	for _, c := range r.Children {

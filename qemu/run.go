@@ -156,13 +156,7 @@ func classify(hung bool, rep *Report) Outcome {
 func (r *Report) Summary() []string {
 	var s []string
 	for _, suite := range r.Results {
-		passed := 0
-		for _, c := range suite.Children {
-			if c.OK {
-				passed++
-			}
-		}
-		s = append(s, fmt.Sprintf("suite %s: %d/%d cases passed", suite.Name, passed, len(suite.Children)))
+		s = append(s, fmt.Sprintf("suite %s: %d/%d cases passed", suite.Name, suite.Passed(), len(suite.Children)))
 	}
 	if r.KTAPError != nil {
 		s = append(s, r.KTAPError.Error())

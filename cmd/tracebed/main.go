@@ -179,13 +179,7 @@ func cmdParse(args []string, stdout, stderr io.Writer) (int, error) {
 	results, perr := p.Finish()
 	ok := perr == nil && len(results) > 0
 	for _, s := range results {
-		passed := 0
-		for _, c := range s.Children {
-			if c.OK {
-				passed++
-			}
-		}
-		fmt.Fprintf(stdout, "suite %s: %s, %d/%d cases passed\n", s.Name, map[bool]string{true: "ok", false: "not ok"}[s.OK], passed, len(s.Children))
+		fmt.Fprintf(stdout, "suite %s: %s, %d/%d cases passed\n", s.Name, map[bool]string{true: "ok", false: "not ok"}[s.OK], s.Passed(), len(s.Children))
 		ok = ok && s.OK
 	}
 	if perr != nil {
