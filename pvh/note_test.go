@@ -3,6 +3,7 @@ package pvh
 import (
 	"bytes"
 	"debug/elf"
+	"encoding/binary"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -71,15 +72,10 @@ func TestAddNoteRefusesBadInput(t *testing.T) {
 	f, err := elf.NewFile(bytes.NewReader(img))
 	require.NoError(t, err)
 	// Shrink the PT_NOTE below the note's size.
-	phoff := f.Progs[0].Off // not used; find the header by scanning
-	_ = phoff
+	phoff := binary.LittleEndian.Uint64(img[32:])
 	for i, p := range f.Progs {
 		if p.Type == elf.PT_NOTE {
-			h := img[64+i*phdrBytes:]
-			h[32] = 8
-			for k := 33; k < 40; k++ {
-				h[k] = 0
-			}
+			binary.LittleEndian.PutUint64(img[phoff+uint64(i)*phdrBytes+32:], 8) // p_filesz
 		}
 	}
 	err = AddNote(img)

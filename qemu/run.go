@@ -62,7 +62,6 @@ func Run(cfg Config, live io.Writer) (*Report, error) {
 		return nil, fmt.Errorf("qemu: kernel image: %w", err)
 	}
 	cmd := exec.Command(bin, cfg.Args()...)
-	cmd.Stdin = nil
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.StdoutPipe()

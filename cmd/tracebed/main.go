@@ -68,14 +68,15 @@ func newFlags(name string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
-func parseFlags(fs *flag.FlagSet, args []string) error {
+// parseFlags parses args; positional arguments are refused unless positional is set.
+func parseFlags(fs *flag.FlagSet, args []string, positional bool) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
 		}
 		return usageError{err.Error()}
 	}
-	if fs.NArg() > 0 && fs.Name() != "parse" {
+	if fs.NArg() > 0 && !positional {
 		return usageError{fmt.Sprintf("%s: unexpected argument %q", fs.Name(), fs.Arg(0))}
 	}
 	return nil
@@ -95,7 +96,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) (int, error) {
 	suite := fs.String("suite", "", "suites to run, comma-separated (default: the kernel's defaults)")
 	extra := fs.String("append", "", "more kernel command-line words (key=value ...)")
 	quiet := fs.Bool("quiet", false, "do not echo the console")
-	if err := parseFlags(fs, args); err != nil {
+	if err := parseFlags(fs, args, false); err != nil {
 		return 0, err
 	}
 	if cfg.Timeout <= 0 {
@@ -131,7 +132,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) (int, error) {
 }
 
 func report(w io.Writer, rep *qemu.Report) {
-	if rep.Outcome == qemu.Hang || rep.Outcome == qemu.Fatal || rep.Outcome == qemu.Reset || rep.Outcome == qemu.Error {
+	if rep.Outcome != qemu.Pass && rep.Outcome != qemu.Fail { // the run ended abnormally
 		fmt.Fprintf(w, "tracebed: %s — last %d console lines:\n", rep.Outcome, len(rep.Tail))
 		for _, l := range rep.Tail {
 			fmt.Fprintln(w, "  | "+l)
@@ -154,7 +155,7 @@ func report(w io.Writer, rep *qemu.Report) {
 func cmdBuild(args []string, stderr io.Writer) (int, error) {
 	fs := newFlags("build", stderr)
 	out := fs.String("o", "build/kernel.elf", "output image")
-	if err := parseFlags(fs, args); err != nil {
+	if err := parseFlags(fs, args, false); err != nil {
 		return 0, err
 	}
 	return 0, qemu.BuildKernel(".", *out)
@@ -162,7 +163,7 @@ func cmdBuild(args []string, stderr io.Writer) (int, error) {
 
 func cmdParse(args []string, stdout, stderr io.Writer) (int, error) {
 	fs := newFlags("parse", stderr)
-	if err := parseFlags(fs, args); err != nil {
+	if err := parseFlags(fs, args, true); err != nil {
 		return 0, err
 	}
 	if fs.NArg() != 1 {

@@ -244,10 +244,8 @@ func gcStress(t *ktest.T) {
 		}
 	}
 	for i, b := range ring {
-		j := n - keep + int64(i)
-		for j%keep != int64(i) {
-			j++
-		}
+		// Slot i holds the last chunk j < n with j%keep == i.
+		j := int64(i) + (n-1-int64(i))/keep*keep
 		if b[0] != byte(j) || b[chunk-1] != byte(j>>8) {
 			t.Errorf("live chunk %d corrupted", i)
 		}
