@@ -6,19 +6,22 @@ import (
 	"tracebed/amd64"
 )
 
-// Time. The monotonic clock is the TSC, calibrated at boot against channel 2 of the 8254 PIT
-// (a fixed 1.193182 MHz reference, SDM-independent: Intel 8254 datasheet, and how Linux's
-// pit_calibrate_tsc does it). The wall clock is the CMOS RTC read once at boot plus the
-// monotonic clock. Under QEMU TCG the TSC follows the host's, and the PIT follows QEMU's
-// virtual clock, which tracks real time.
+// Time. The monotonic clock is the TSC, calibrated at boot against channel 0 of the 8254 PIT
+// (a fixed 1.193182 MHz reference: Intel 8254 datasheet). Channel 0 counts with its gate tied
+// high, so it needs no port 0x61 (which microvm lacks; channel 2's gate lives there, and
+// calibrating through it there gave a TSC of 1.4 MHz). The kernel latches and reads the
+// down-counter in a tight loop, summing the ticks between reads, until 50 ms of PIT time
+// have passed. Its IRQ0 stays masked at the PIC. The wall clock is the CMOS RTC read once at
+// boot plus the monotonic clock. Under QEMU TCG the TSC follows the host's, and the PIT
+// follows QEMU's virtual clock, which tracks real time.
 
 const (
 	pitHz           = 1193182
 	pitCalibrateMs  = 50
-	portPITCh2      = 0x42
+	portPITCh0      = 0x40
 	portPITCommand  = 0x43
-	portSysCtrlB    = 0x61 // bit 0: channel 2 gate, bit 1: speaker, bit 5: channel 2 output
-	pitCh2Mode0     = 0xb0 // channel 2, lobyte/hibyte, mode 0 (interrupt on terminal count)
+	pitCh0Mode2     = 0x34 // channel 0, lobyte/hibyte, mode 2 (rate generator), binary
+	pitCh0Latch     = 0x00 // counter latch command for channel 0
 	calibrateBudget = 1 << 36
 )
 
@@ -29,24 +32,32 @@ var (
 	wallBase int64 // Unix ns at tscBase
 )
 
-// calibrateTSC measures the TSC against the PIT; false if the PIT never reached zero.
+func pitRead() uint16 {
+	amd64.Out8(portPITCommand, pitCh0Latch)
+	lo := amd64.In8(portPITCh0)
+	hi := amd64.In8(portPITCh0)
+	return uint16(hi)<<8 | uint16(lo)
+}
+
+// calibrateTSC measures the TSC against the PIT; false if the PIT does not count.
 func calibrateTSC() bool {
-	count := uint16(pitHz * pitCalibrateMs / 1000)
-	ctrl := amd64.In8(portSysCtrlB)
-	amd64.Out8(portSysCtrlB, ctrl&^3) // gate low, speaker off
-	amd64.Out8(portPITCommand, pitCh2Mode0)
-	amd64.Out8(portPITCh2, uint8(count))
-	amd64.Out8(portPITCh2, uint8(count>>8))
-	amd64.Out8(portSysCtrlB, ctrl&^2|1) // gate high: counting starts
+	amd64.Out8(portPITCommand, pitCh0Mode2)
+	amd64.Out8(portPITCh0, 0) // reload value 0 means 65536
+	amd64.Out8(portPITCh0, 0)
+	want := uint64(pitHz * pitCalibrateMs / 1000)
+	prev := pitRead()
 	t0 := amd64.RDTSC()
-	for amd64.In8(portSysCtrlB)&0x20 == 0 {
+	var ticks uint64
+	for ticks < want {
+		cur := pitRead()
+		ticks += uint64(prev - cur) // counts down; uint16 arithmetic handles the wrap
+		prev = cur
 		if amd64.RDTSC()-t0 > calibrateBudget {
 			return false
 		}
 	}
 	t1 := amd64.RDTSC()
-	amd64.Out8(portSysCtrlB, ctrl)
-	tscHz = (t1 - t0) * 1000 / pitCalibrateMs
+	tscHz = (t1 - t0) * pitHz / ticks
 	tscMult = (uint64(1e9) << 32) / tscHz
 	tscBase = amd64.RDTSC()
 	return true
