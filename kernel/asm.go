@@ -12,6 +12,8 @@ func kernelEnd() uintptr
 func stubAddr(v int) uintptr
 func syscallEntryAddr() uintptr
 func rt0Addr() uintptr
+func apEntry()
+func apEntryAddr() uintptr
 
 // Boot-time state read by boot_amd64.s.
 var (

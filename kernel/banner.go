@@ -1,6 +1,9 @@
 package kernel
 
-import "tracebed/amd64"
+import (
+	"tracebed/acpi"
+	"tracebed/amd64"
+)
 
 // CPUID feature bits shown in the boot banner (SDM Vol. 2A, CPUID, Tables 3-10, 3-11).
 var (
@@ -74,6 +77,41 @@ func banner() {
 	k.s("tracebed: memory free ").dec(int64(pmem.free * pageSize >> 20)).s(" MiB, kernel ").
 		hex(uint64(kernelStart())).s("-").hex(uint64(kernelEnd())).out()
 	k.s("tracebed: cmdline \"").bytes(boot.cmdline[:boot.cmdlen]).s("\"").out()
-	k.s("tracebed: clock TSC ").dec(int64(tscHz / 1000)).s(" kHz calibrated against PIT channel 2, LAPIC timer ").
+	k.s("tracebed: clock TSC ").dec(int64(tscHz / 1000)).s(" kHz calibrated against PIT channel 0, LAPIC timer ").
 		dec(int64(lapicHz / 1000)).s(" kHz, RTC wall clock ").dec(wallBase / 1e9).out()
+	bannerCPUs()
+}
+
+// bannerCPUs reports what ACPI listed and which CPUs came online.
+func bannerCPUs() {
+	var k kbuf
+	if acpiStatus == acpi.OK && boot.rsdp != 0 {
+		k.s("tracebed: acpi RSDP rev ").dec(int64(acpiInfo.Revision)).s(" OEM ").bytes(acpiInfo.OEM[:]).
+			s(", ").bytes(acpiInfo.Root[:]).s(":")
+		for i := 0; i < acpiInfo.NTables && i < acpi.MaxTables; i++ {
+			k.c(' ').bytes(acpiInfo.Tables[i][:])
+		}
+		k.out()
+		k.s("tracebed: acpi MADT: ").dec(int64(acpiInfo.NCPU)).s(" enabled CPUs, ").
+			dec(int64(acpiInfo.Disabled)).s(" disabled, ").dec(int64(acpiInfo.Hotplug)).
+			s(" hot-pluggable; LAPIC ").hex(acpiInfo.LAPICAddr)
+		for i := 0; i < acpiInfo.NIOAPIC && i < acpi.MaxIOAPICs; i++ {
+			io := acpiInfo.IOAPICs[i]
+			k.s("; IOAPIC ").dec(int64(io.ID)).s(" at ").hex(uint64(io.Addr)).s(" GSI ").dec(int64(io.GSIBase))
+		}
+		k.out()
+	}
+	mode := "xAPIC MMIO"
+	if lapic.X2 {
+		mode = "x2APIC MSRs"
+	}
+	k.s("tracebed: cpus ").dec(int64(ncpuOnline)).s(" online (").s(mode).s("):")
+	for i := 0; i < ncpuOnline; i++ {
+		c := &cpus[i]
+		k.s(" cpu").dec(int64(i)).s("=apic").dec(int64(c.apicID))
+		if i > 0 {
+			k.c('/').dec(c.startNs / 1000).s("us")
+		}
+	}
+	k.out()
 }

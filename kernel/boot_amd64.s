@@ -145,3 +145,29 @@ TEXT ·kernelStart(SB),NOSPLIT,$0-8
 TEXT ·enterFrame(SB),NOSPLIT|NOFRAME,$0-8
 	MOVQ f+0(FP), SP
 	JMP ·frameReturn(SB)
+
+// apEntry is where the AP trampoline (trampoline.go) jumps in 64-bit mode, with RSP on the
+// AP's kernel stack below its Frame and RDI = its CPU block. It points FS at the CPU's kernel
+// TLS (the g every Go function reads) and GS at the block, then calls apMain, which never
+// returns.
+TEXT ·apEntry(SB),NOSPLIT|NOFRAME,$0
+	XORL AX, AX
+	MOVW AX, FS
+	MOVW AX, GS
+	MOVQ DI, BX
+	MOVQ CPU_KTLS(BX), AX
+	MOVQ AX, DX
+	SHRQ $32, DX
+	MOVL $0xc0000100, CX                 // FS_BASE
+	WRMSR
+	MOVQ BX, AX
+	MOVQ BX, DX
+	SHRQ $32, DX
+	MOVL $0xc0000101, CX                 // GS_BASE
+	WRMSR
+	SUBQ $16, SP
+	MOVQ BX, 0(SP)
+	CALL ·apMain(SB)
+aphalt:
+	HLT
+	JMP aphalt

@@ -11,13 +11,18 @@ var consoleLock spinlock
 
 func consoleWrite(b []byte) {
 	consoleLock.lock()
+	consoleRaw(b)
+	consoleLock.unlock()
+}
+
+// consoleRaw writes b to COM1; the caller holds consoleLock.
+func consoleRaw(b []byte) {
 	for _, c := range b {
 		if c == '\n' {
 			com1.Tx('\r')
 		}
 		com1.Tx(c)
 	}
-	consoleLock.unlock()
 }
 
 // kbuf is a fixed-size line builder for kernel messages.

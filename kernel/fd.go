@@ -190,5 +190,4 @@ func eventfdReady(fd int64) {
 			wake(i, uint64(n))
 		}
 	}
-	kickIdle()
 }

@@ -39,6 +39,9 @@ func kmain(startInfo uintptr) {
 	}
 
 	lapic.Base = uint32(amd64.RDMSR(amd64.MSR_APIC_BASE) &^ 0xfff)
+	if apic.HasX2APIC() {
+		lapic.EnableX2APIC()
+	}
 	c := initCPU(0, lapic.ID())
 	loadCPU(c)
 	setupIDT()
@@ -61,6 +64,8 @@ func kmain(startInfo uintptr) {
 	initSyscalls()
 	initFDs()
 	ncpuOnline = 1
+	discoverCPUs(c)
+	startAPs()
 	banner()
 	startRuntime(c)
 }
@@ -181,5 +186,3 @@ func initFX(f *Frame) {
 	f.FX[0], f.FX[1] = 0x7f, 0x03
 	f.FX[24], f.FX[25] = 0x80, 0x1f
 }
-
-var _ = apic.DefaultBase

@@ -6,14 +6,19 @@ import (
 	"tracebed/amd64"
 )
 
-// spinlock is the kernel's only lock. Kernel code runs with interrupts disabled (SYSCALL's
+// spinlock is the kernel's lock type. Kernel code runs with interrupts disabled (SYSCALL's
 // SFMASK and interrupt gates clear IF), so a holder is never interrupted on its own CPU and a
 // spinlock is enough. Never taken in NMI context.
+//
+// A CPU spinning here has interrupts off and cannot take IPIs, so the wait loop does the work
+// other CPUs may be waiting on it for (drainTLB): a CPU holding a lock may then wait for all
+// others without deadlock.
 type spinlock struct{ v uint32 }
 
 func (l *spinlock) lock() {
 	for !atomic.CompareAndSwapUint32(&l.v, 0, 1) {
 		for atomic.LoadUint32(&l.v) != 0 {
+			drainTLB()
 			amd64.Pause()
 		}
 	}

@@ -55,12 +55,25 @@ type CPU struct {
 
 	id      int
 	apicID  uint32
-	current int32 // index in threads of the thread running here; -1 while idle
-	online  uint32
+	current int32  // index in threads of the thread running here; -1 while idle
+	online  uint32 // set by the CPU itself once it runs the scheduler
+	idling  bool   // halted in the idle loop, klock released (guarded by klock)
+	kicked  bool   // a wake IPI is on its way (guarded by klock)
+	tlbSeen uint64 // the last TLB flush generation this CPU performed
+	startNs int64  // how long the AP took from INIT to online
 
 	sliceEnd int64 // when the running thread's time slice ends (ns)
-	ticks    uint64
-	switches uint64
+
+	// Counters, written only by this CPU.
+	ticks        uint64 // timer interrupts
+	switches     uint64 // threads loaded
+	idles        uint64 // halts in the idle loop
+	wakeIPIs     uint64 // wake IPIs received
+	wakeIPIsSent uint64
+	flushIPIs    uint64 // TLB flush IPIs received
+	shootdowns   uint64 // TLB shootdowns initiated
+	testIPIs     uint64 // IPIs sent by tests (vecTest)
+	nmis         uint64
 
 	g   [32]uintptr // the kernel g: stack.lo, stack.hi, stackguard0, stackguard1, zero rest
 	tls [2]uintptr  // tls[0] = &g; ktls = &tls[1]

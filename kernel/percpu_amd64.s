@@ -26,3 +26,8 @@ TEXT ·rt0Addr(SB),NOSPLIT,$0-8
 	LEAQ _rt0_amd64_linux(SB), AX
 	MOVQ AX, ret+0(FP)
 	RET
+
+TEXT ·apEntryAddr(SB),NOSPLIT,$0-8
+	LEAQ ·apEntry(SB), AX
+	MOVQ AX, ret+0(FP)
+	RET

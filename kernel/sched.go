@@ -21,8 +21,18 @@ import "tracebed/apic"
 //     nearer of the time-slice end and the earliest sleeper's deadline) moves a thread that has
 //     used its slice to the tail of the queue when another thread is waiting.
 //
-// The run queue is one FIFO shared by all CPUs (simple, fair, and with the handful of
-// threads the Go runtime creates, never long); per-CPU data lives in CPU.
+// SMP. The run queue is one FIFO shared by all CPUs, under klock. Per-CPU queues with work
+// stealing pay off with many threads and long holds; the Go runtime creates a handful of
+// threads (about GOMAXPROCS plus a few) and does its own goroutine balancing across them, so
+// one queue is simple, fair, never long, and lets any idle CPU take any thread at once. Each
+// CPU has its own one-shot timer and time slice. A CPU with nothing to run marks itself idling
+// and halts; wake() sends a wake IPI (vecWake) to one idling CPU, preferring the thread's last
+// one, so a futex wake aimed at a thread whose CPU halts is served within an IPI's latency.
+// Per-CPU data lives in CPU.
+//
+// Stacks: the idle loop runs on the kernel stack (only SYSCALL paths block or exit; an
+// interrupt reschedules only through yield, which always finds the thread it just queued), so
+// interrupts taken while idling land on the IST stacks without overwriting a live frame.
 
 // MaxThreads bounds the threads the runtime may create.
 const MaxThreads = 256
@@ -49,7 +59,9 @@ const (
 // Interrupt vectors the kernel programs.
 const (
 	vecTimer    = 0x30
-	vecWake     = 0x31
+	vecWake     = 0x31 // IPI: look at the run queue
+	vecFlush    = 0x32 // IPI: flush the TLB (tlbShootdown)
+	vecTest     = 0x33 // IPI sent by tests; counted
 	vecSpurious = 0xff
 )
 
@@ -118,7 +130,8 @@ func newThread() int32 {
 	return -1
 }
 
-// wake makes blocked thread i runnable with syscall result ret.
+// wake makes blocked thread i runnable with syscall result ret, and kicks an idle CPU to run
+// it.
 func wake(i int32, ret uint64) {
 	t := &threads[i]
 	t.frame.RAX = ret
@@ -126,6 +139,7 @@ func wake(i int32, ret uint64) {
 	t.wait = waitNone
 	t.deadline = 0
 	enqueue(i)
+	kickIdle(t.cpu)
 }
 
 // wakeExpired wakes every thread whose deadline has passed.
@@ -196,9 +210,13 @@ func (c *CPU) reschedule(f *Frame) {
 			return
 		}
 		c.armTimer()
+		c.idling = true
 		klock.unlock()
+		c.idles++
 		c.idle()
 		klock.lock()
+		c.idling = false
+		c.kicked = false
 	}
 }
 

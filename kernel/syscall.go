@@ -288,7 +288,6 @@ func (c *CPU) futex(f *Frame, addr, op, val, timeout uint64) int64 {
 				n++
 			}
 		}
-		kickIdle()
 		return n
 	}
 	return -errENOSYS
@@ -313,7 +312,7 @@ func (c *CPU) clone(f *Frame, flags, stack, tls uint64) int64 {
 	}
 	t.state = thRunnable
 	enqueue(i)
-	kickIdle()
+	kickIdle(-1)
 	return int64(t.tid)
 }
 
@@ -358,10 +357,6 @@ func getrandom(buf, n uint64) int64 {
 	}
 	return int64(n)
 }
-
-// kickIdle wakes idle CPUs so they look at the run queue (only the boot CPU runs until the
-// SMP work brings the others online; it is then the IPI that makes a cross-CPU wake prompt).
-func kickIdle() {}
 
 // negErrno is -e as a register value.
 func negErrno(e int64) uint64 { return uint64(-e) }

@@ -1,6 +1,8 @@
 package kernel
 
 import (
+	"sync/atomic"
+
 	"tracebed/amd64"
 	"tracebed/idt"
 	"tracebed/kernel/ktest"
@@ -16,7 +18,18 @@ func trap(f *Frame) {
 	case v == vecTimer:
 		c.timerInterrupt(f)
 	case v == vecWake:
+		c.wakeIPIs++
 		lapic.EOI()
+	case v == vecFlush:
+		c.flushIPIs++
+		drainTLB()
+		lapic.EOI()
+	case v == vecTest:
+		atomic.AddUint64(&c.testIPIs, 1)
+		lapic.EOI()
+	case v == idt.NMI:
+		// Counted and dismissed: NMIs are sent by tests (and, later, the watchdog).
+		atomic.AddUint64(&c.nmis, 1)
 	case v == vecSpurious:
 		// no EOI for a spurious interrupt (SDM Vol. 3A, 10.9)
 	default:

@@ -97,14 +97,21 @@ func commit(start, end, prot uint64) int64 {
 	return 0
 }
 
-// decommit unmaps [start, end) and frees its frames.
+// decommit unmaps [start, end) and frees its frames. Other CPUs may still hold the old
+// translations in their TLBs, so they flush before klock is released and anyone can take the
+// frames again.
 func decommit(start, end uint64) {
+	n := 0
 	kpt.walkMapped(start, end, func(e *uint64, va uint64) {
 		pmem.put(*e & pteAddr)
 		*e = 0
 		vmCommitted--
 		invlpg(va)
+		n++
 	})
+	if n > 0 {
+		tlbShootdown()
+	}
 }
 
 func sysMmap(addr, length, prot, flags uint64) int64 {

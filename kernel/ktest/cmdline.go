@@ -17,6 +17,9 @@ type Options struct {
 // Known parameters besides suite= and seed=; a suite that reads a parameter lists it here.
 var knownParams = map[string]string{
 	"gc_mib": "MiB the runtime suite's GC stress allocates in total (default 1024)",
+	// Read by the kernel itself before the runtime starts (kernel/cmdline.go).
+	"acpidump": "1: print every ACPI table the RSDT/XSDT lists, as hex, at boot",
+	"ap_stuck": "N: send CPU N to a page that halts instead of the trampoline (tests the start-up bound)",
 }
 
 // ParseCmdline parses words of the form key=value. Unknown keys, repeated keys, words without

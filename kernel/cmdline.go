@@ -1,0 +1,53 @@
+package kernel
+
+import "unsafe"
+
+// The kernel's own command-line parameters (ap_stuck=N, acpidump=1). The whole command line
+// also reaches the Go program as argv, where ktest.ParseCmdline validates every word and
+// reports bad ones as a failed KTAP result; these lookups only read what the kernel needs
+// before the runtime starts, so they ignore what they cannot parse.
+
+// cmdlineValue returns the value of key=value on the command line.
+func cmdlineValue(key string) (string, bool) {
+	cl := boot.cmdline[:boot.cmdlen]
+	for i := 0; i < len(cl); {
+		for i < len(cl) && cl[i] == ' ' {
+			i++
+		}
+		j := i
+		for j < len(cl) && cl[j] != ' ' {
+			j++
+		}
+		// unsafe.String: views of boot.cmdline, which never changes; no allocation.
+		if w := cl[i:j]; len(w) > len(key) && unsafe.String(&w[0], len(key)) == key && w[len(key)] == '=' {
+			if len(w) == len(key)+1 {
+				return "", true
+			}
+			return unsafe.String(&w[len(key)+1], len(w)-len(key)-1), true
+		}
+		i = j
+	}
+	return "", false
+}
+
+// cmdlineInt returns key's decimal value; false when absent or not a number.
+func cmdlineInt(key string) (int64, bool) {
+	v, ok := cmdlineValue(key)
+	if !ok || v == "" {
+		return 0, false
+	}
+	var n int64
+	for i := 0; i < len(v); i++ {
+		if v[i] < '0' || v[i] > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(v[i]-'0')
+	}
+	return n, true
+}
+
+// cmdlineFlag reports whether key=1 (or any non-zero number) is on the command line.
+func cmdlineFlag(key string) bool {
+	n, ok := cmdlineInt(key)
+	return ok && n != 0
+}

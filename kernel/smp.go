@@ -1,0 +1,237 @@
+package kernel
+
+import (
+	"sync/atomic"
+	"unsafe"
+
+	"tracebed/acpi"
+	"tracebed/amd64"
+	"tracebed/idt"
+	"tracebed/kernel/ktest"
+)
+
+// SMP: CPU discovery from the ACPI MADT, AP start-up, and the IPIs the scheduler and the
+// memory code send.
+//
+// Start-up (SDM Vol. 3A, 8.4.4.1): the boot CPU starts the APs one at a time, in MADT order:
+// it writes the AP's stack and CPU block into the trampoline page, sends INIT, waits 10 ms,
+// sends SIPI twice 200 µs apart, then waits up to apStartTimeout for the AP to mark itself
+// online. An AP that does not is reported and the boot ends with the fatal exit code: a test
+// bed that silently ran on fewer CPUs than asked would give verdicts about the wrong machine.
+//
+// Every AP runs apMain: its own GDT, TSS and IST stacks (loadCPU), the shared IDT, the
+// SYSCALL MSRs, its local APIC, and then the scheduler's idle loop on its kernel stack, where
+// it waits for threads like the boot CPU does. The runtime starts only after all CPUs are
+// online, so sched_getaffinity, runtime.NumCPU and GOMAXPROCS all see every CPU.
+
+const (
+	apStartTimeout = 2_000_000_000 // ns; a TCG vCPU thread on a busy host can take a while
+	initDelay      = 10_000_000    // ns between INIT and the first SIPI
+	sipiDelay      = 200_000       // ns between the two SIPIs
+	ackWarnAfter   = 1_000_000_000 // ns: a CPU this slow to acknowledge a TLB flush is reported
+)
+
+var (
+	acpiInfo   acpi.Info
+	acpiStatus acpi.Error
+	ncpuFound  int    // enabled CPUs the MADT lists (1 without ACPI)
+	tlbGen     uint64 // TLB flush generation; a CPU has flushed when its tlbSeen reaches it
+)
+
+// physMemory reads the identity-mapped low 4 GiB for the ACPI parser.
+func physMemory(addr uint64, n int) []byte {
+	if n <= 0 || addr == 0 || addr+uint64(n) > identityTop || addr+uint64(n) < addr {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(uintptr(addr))), n)
+}
+
+// discoverCPUs parses the MADT and prepares a CPU block for each enabled CPU, the boot CPU
+// first. It ends the boot when the machine has more CPUs than MaxCPUs.
+func discoverCPUs(bsp *CPU) {
+	var k kbuf
+	ncpuFound = 1
+	if boot.rsdp == 0 {
+		k.s("tracebed: acpi: no RSDP in hvm_start_info; running on the boot CPU only").out()
+		return
+	}
+	acpiStatus = acpi.Parse(physMemory, boot.rsdp, &acpiInfo)
+	if cmdlineFlag("acpidump") {
+		acpiDump()
+	}
+	if acpiStatus != acpi.OK {
+		k.s("tracebed: ").s(acpiStatus.Error()).s("; running on the boot CPU only").out()
+		return
+	}
+	if acpiInfo.NCPU > MaxCPUs {
+		k.s("tracebed: fatal: the MADT lists ").dec(int64(acpiInfo.NCPU)).
+			s(" CPUs; this kernel drives at most ").dec(MaxCPUs).s(" (kernel.MaxCPUs)").out()
+		debugExit(ktest.ExitFatal)
+	}
+	n := 1
+	for i := 0; i < acpiInfo.NCPU; i++ {
+		if id := acpiInfo.CPUs[i].APICID; id != bsp.apicID {
+			initCPU(n, id)
+			n++
+		}
+	}
+	if n != acpiInfo.NCPU {
+		k.s("tracebed: acpi: the boot CPU (APIC ID ").dec(int64(bsp.apicID)).
+			s(") is not in the MADT; starting the ").dec(int64(n - 1)).s(" listed APs").out()
+	}
+	ncpuFound = n
+}
+
+// acpiDump prints every table the root table lists, as hex, for capture into test images:
+// "tracebed: acpi <address> <bytes>".
+func acpiDump() {
+	acpi.Walk(physMemory, boot.rsdp, func(addr uint64, b []byte) {
+		consoleLock.lock()
+		var k kbuf
+		k.s("tracebed: acpi ").hex(addr).c(' ')
+		consoleRaw(k.b[:k.n])
+		for len(b) > 0 {
+			k.n = 0
+			for len(b) > 0 && k.n+2 <= len(k.b) {
+				k.c("0123456789abcdef"[b[0]>>4]).c("0123456789abcdef"[b[0]&15])
+				b = b[1:]
+			}
+			consoleRaw(k.b[:k.n])
+		}
+		consoleRaw([]byte{'\n'})
+		consoleLock.unlock()
+	})
+}
+
+// startAPs brings every discovered AP online, in order; see the file comment.
+func startAPs() {
+	page := (*[4096]byte)(unsafe.Pointer(uintptr(trampolineBase)))
+	trampolineCode(page[:], trampolineBase)
+	copy((*[4096]byte)(unsafe.Pointer(uintptr(stuckBase)))[:], stuckCode[:])
+	stuck, _ := cmdlineInt("ap_stuck")
+	var k kbuf
+	for i := 1; i < ncpuFound; i++ {
+		c := &cpus[i]
+		trampolineData(page[:], uint32(kpt.root), uint64(c.kstack-unsafe.Sizeof(Frame{})),
+			uint64(c.self), uint64(apEntryAddr()))
+		vector := uint8(trampolineBase >> 12)
+		if int64(i) == stuck {
+			vector = stuckBase >> 12
+			k.s("tracebed: ap_stuck=").dec(stuck).s(": cpu ").dec(int64(i)).
+				s(" is sent to a page that halts").out()
+		}
+		t0 := nanotime()
+		ok := lapic.INIT(c.apicID)
+		spinFor(initDelay)
+		ok = ok && lapic.SIPI(c.apicID, vector)
+		spinFor(sipiDelay)
+		ok = ok && lapic.SIPI(c.apicID, vector)
+		for ok && atomic.LoadUint32(&c.online) == 0 && nanotime()-t0 < apStartTimeout {
+			amd64.Pause()
+		}
+		if !ok || atomic.LoadUint32(&c.online) == 0 {
+			k.s("tracebed: fatal: cpu ").dec(int64(i)).s(" (APIC ID ").dec(int64(c.apicID)).
+				s(") did not come online within ").dec(apStartTimeout / 1e6).s(" ms")
+			if !ok {
+				k.s(" (the local APIC never accepted the INIT/SIPI)")
+			}
+			k.out()
+			debugExit(ktest.ExitFatal)
+		}
+		c.startNs = nanotime() - t0
+		ncpuOnline = i + 1
+	}
+}
+
+func spinFor(ns int64) {
+	for t := nanotime(); nanotime()-t < ns; {
+		amd64.Pause()
+	}
+}
+
+// apMain is where each AP's Go code starts (apEntry sets FS and GS for c first). It runs on
+// the AP's kernel stack below the Frame the scheduler fills, and never returns.
+func apMain(c *CPU) {
+	loadCPU(c)
+	amd64.LIDT(pseudoDescriptor(&c.desc, uintptr(unsafe.Pointer(&idtTable)), idt.Limit))
+	initSyscalls()
+	if lapic.X2 {
+		lapic.EnableX2APIC()
+	}
+	lapic.Init(vecSpurious)
+	c.tlbSeen = atomic.LoadUint64(&tlbGen)
+	atomic.StoreUint32(&c.online, 1)
+	f := (*Frame)(unsafe.Pointer(c.kstack - unsafe.Sizeof(Frame{})))
+	klock.lock()
+	c.reschedule(f)
+	klock.unlock()
+	enterFrame(f)
+}
+
+// kickIdle sends a wake IPI to one idle CPU so it picks up the thread just queued: the
+// thread's previous CPU when that one idles (its caches are warm), else the first idle one.
+// A CPU already kicked and not yet awake is not kicked again. Called with klock held.
+func kickIdle(prefer int32) {
+	self := thisCPU()
+	if prefer >= 0 && prefer < int32(ncpuOnline) && kick(&cpus[prefer], self) {
+		return
+	}
+	for i := 0; i < ncpuOnline; i++ {
+		if kick(&cpus[i], self) {
+			return
+		}
+	}
+}
+
+func kick(c, self *CPU) bool {
+	if c == self || !c.idling || c.kicked {
+		return false
+	}
+	c.kicked = true
+	self.wakeIPIsSent++
+	lapic.IPI(c.apicID, vecWake)
+	return true
+}
+
+// tlbShootdown makes every other online CPU flush its TLB and waits until each has: called
+// with klock held after page-table entries were removed, before their frames can be reused.
+// A CPU spinning for klock (interrupts off) cannot take the IPI, so spinlock.lock drains
+// flush requests while it waits (drainTLB); every other CPU takes the IPI.
+func tlbShootdown() {
+	if ncpuOnline < 2 {
+		return
+	}
+	gen := atomic.AddUint64(&tlbGen, 1)
+	self := thisCPU()
+	amd64.WriteCR3(amd64.ReadCR3())
+	atomic.StoreUint64(&self.tlbSeen, gen)
+	self.shootdowns++
+	lapic.AllButSelf(vecFlush)
+	t0 := nanotime()
+	for i := 0; i < ncpuOnline; i++ {
+		c := &cpus[i]
+		warned := false
+		for atomic.LoadUint64(&c.tlbSeen) < gen {
+			amd64.Pause()
+			if !warned && nanotime()-t0 > ackWarnAfter {
+				warned = true
+				var k kbuf
+				k.s("tracebed: cpu ").dec(int64(c.id)).s(" has not acknowledged TLB flush ").
+					dec(int64(gen)).s(" after 1 s (interrupts off and not in a kernel lock?)").out()
+			}
+		}
+	}
+}
+
+// drainTLB flushes this CPU's TLB if a shootdown is waiting for it. Safe anywhere once GS
+// is set up; a no-op before the first shootdown.
+func drainTLB() {
+	gen := atomic.LoadUint64(&tlbGen)
+	if gen == 0 {
+		return
+	}
+	if c := thisCPU(); atomic.LoadUint64(&c.tlbSeen) < gen {
+		amd64.WriteCR3(amd64.ReadCR3())
+		atomic.StoreUint64(&c.tlbSeen, gen)
+	}
+}
