@@ -1,6 +1,11 @@
 package kernel
 
-import "time"
+import (
+	"sync/atomic"
+	"time"
+
+	"tracebed/amd64"
+)
 
 // Read-only views of kernel state for Go code running on the hosted runtime (same address
 // space; the values are plain words, read without klock).
@@ -26,4 +31,74 @@ func ContextSwitches() uint64 {
 		n += cpus[i].switches
 	}
 	return n
+}
+
+// CurrentCPU is the index of the CPU running the caller (it may move right after).
+func CurrentCPU() int { return thisCPU().id }
+
+// FoundCPUs is the number of enabled CPUs the ACPI MADT lists (1 without ACPI).
+func FoundCPUs() int { return ncpuFound }
+
+// Nanotime is the kernel's monotonic clock in ns (the TSC; no system call).
+func Nanotime() int64 { return nanotime() }
+
+// CPUStats are one CPU's counters.
+type CPUStats struct {
+	APICID       uint32
+	StartNs      int64 // INIT to online (APs)
+	Ticks        uint64
+	Switches     uint64
+	Idles        uint64
+	WakeIPIs     uint64 // received
+	WakeIPIsSent uint64
+	FlushIPIs    uint64
+	Shootdowns   uint64
+	TestIPIs     uint64
+	NMIs         uint64
+}
+
+// CPUStat returns CPU i's counters (read without locks: each is a word its CPU updates).
+func CPUStat(i int) CPUStats {
+	if i < 0 || i >= ncpuOnline {
+		return CPUStats{}
+	}
+	c := &cpus[i]
+	return CPUStats{
+		APICID: c.apicID, StartNs: c.startNs, Ticks: c.ticks, Switches: c.switches,
+		Idles: c.idles, WakeIPIs: c.wakeIPIs, WakeIPIsSent: c.wakeIPIsSent,
+		FlushIPIs: c.flushIPIs, Shootdowns: c.shootdowns,
+		TestIPIs: atomic.LoadUint64(&c.testIPIs), NMIs: atomic.LoadUint64(&c.nmis),
+	}
+}
+
+// IPI kinds a test can send (SendTestIPI).
+const (
+	IPIFixed      = iota // vecTest to one CPU
+	IPINMI               // NMI to one CPU
+	IPISelf              // vecTest to the sender
+	IPIAllButSelf        // vecTest to every other CPU
+)
+
+// SendTestIPI sends an IPI of the given kind (to CPU to, for IPIFixed and IPINMI) with
+// interrupts off, so the sender is known, and returns the sending CPU. false if the target is
+// not online or the local APIC did not accept the command.
+func SendTestIPI(kind, to int) (from int, ok bool) {
+	fl := amd64.DisableInterrupts()
+	defer amd64.RestoreInterrupts(fl)
+	from = thisCPU().id
+	switch kind {
+	case IPIFixed, IPINMI:
+		if to < 0 || to >= ncpuOnline {
+			return from, false
+		}
+		if kind == IPINMI {
+			return from, lapic.NMI(cpus[to].apicID)
+		}
+		return from, lapic.IPI(cpus[to].apicID, vecTest)
+	case IPISelf:
+		return from, lapic.Self(vecTest)
+	case IPIAllButSelf:
+		return from, lapic.AllButSelf(vecTest)
+	}
+	return from, false
 }

@@ -109,3 +109,72 @@ func TestBadCommandLineFails(t *testing.T) {
 	assert.False(t, rep.Results[0].OK)
 	assert.Contains(t, strings.Join(rep.Tail, "\n"), `unknown option "bogus"`)
 }
+
+// The smp suite at each CPU count make test covers. The 4-CPU run keeps the full 30 s of
+// parallel allocation; the others use 10 s to keep CI short.
+func TestSMPSuiteInQEMU(t *testing.T) {
+	for _, tc := range []struct{ cpus, gcSeconds int }{{1, 10}, {2, 10}, {4, 30}, {8, 10}} {
+		t.Run(strconv.Itoa(tc.cpus)+"cpus", func(t *testing.T) {
+			rep := boot(t, qemu.Config{SMP: tc.cpus, Timeout: 10 * time.Minute,
+				Append: "suite=smp expect_cpus=" + strconv.Itoa(tc.cpus) + " gc_seconds=" + strconv.Itoa(tc.gcSeconds)})
+			require.Equal(t, qemu.Pass, rep.Outcome, "tail:\n%s", strings.Join(rep.Tail, "\n"))
+			require.NoError(t, rep.KTAPError)
+			require.Len(t, rep.Results, 1)
+			s := rep.Results[0]
+			require.Equal(t, "smp", s.Name)
+			require.Len(t, s.Children, 10)
+			for _, c := range s.Children {
+				assert.True(t, c.OK, c.Name)
+				if c.Directive != "" {
+					assert.Equal(t, 1, tc.cpus, "%s skipped with %d CPUs: %s", c.Name, tc.cpus, c.Directive)
+				}
+			}
+			on := s.Find("cpus_online")
+			assert.Equal(t, float64(tc.cpus), diagFloat(t, on, "cpus_online"))
+			assert.Equal(t, float64(tc.cpus), diagFloat(t, on, "numcpu"))
+			assert.Equal(t, float64(tc.cpus), diagFloat(t, on, "gomaxprocs"))
+			// Every CPU did goroutine work, in each case that counts it.
+			for _, k := range [][2]string{{"work_on_every_cpu", "chunks_per_cpu"},
+				{"munmap_tlb_shootdown", "rounds_per_cpu"}, {"gc_parallel_8", "alloc_rounds_per_cpu"}} {
+				v, ok := s.Find(k[0]).Diag(k[1])
+				require.True(t, ok, k[1])
+				per := strings.Split(v, ",")
+				assert.Len(t, per, tc.cpus, k[1])
+				for i, n := range per {
+					assert.NotEqual(t, "0", n, "%s: cpu %d", k[1], i)
+				}
+			}
+			assert.Greater(t, diagFloat(t, s.Find("parallel_speedup"), "speedup"), 0.0)
+			fw := s.Find("futex_wake_cross_cpu")
+			assert.LessOrEqual(t, diagFloat(t, fw, "wake_us_p50"), diagFloat(t, fw, "wake_us_p99"))
+			if tc.cpus > 1 {
+				assert.Positive(t, diagFloat(t, fw, "cross_cpu_rounds"))
+				assert.Positive(t, diagFloat(t, s.Find("munmap_tlb_shootdown"), "shootdowns"))
+			}
+			gc := s.Find("gc_parallel_8")
+			assert.GreaterOrEqual(t, diagFloat(t, gc, "gc_cycles"), 50.0)
+			assert.Equal(t, float64(tc.gcSeconds), diagFloat(t, gc, "seconds"))
+		})
+	}
+}
+
+// More CPUs than the kernel drives: the host refuses the request, and the kernel itself ends
+// the boot with a fatal line when the firmware lists too many anyway (a second -smp wins).
+func TestTooManyCPUs(t *testing.T) {
+	err := qemu.Config{Kernel: "k", SMP: qemu.MaxSMP + 1}.Validate()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "17 CPUs requested")
+
+	rep := boot(t, qemu.Config{Extra: []string{"-smp", strconv.Itoa(qemu.MaxSMP + 1)}, Timeout: 2 * time.Minute})
+	require.Equal(t, qemu.Fatal, rep.Outcome, "tail:\n%s", strings.Join(rep.Tail, "\n"))
+	assert.Contains(t, strings.Join(rep.Tail, "\n"), "the MADT lists 17 CPUs; this kernel drives at most 16")
+}
+
+// A CPU that never starts (ap_stuck sends it to a halting page) is reported within the
+// start-up bound, not waited on.
+func TestStuckCPUIsReported(t *testing.T) {
+	rep := boot(t, qemu.Config{SMP: 4, Append: "ap_stuck=2", Timeout: 2 * time.Minute})
+	require.Equal(t, qemu.Fatal, rep.Outcome, "tail:\n%s", strings.Join(rep.Tail, "\n"))
+	assert.Contains(t, strings.Join(rep.Tail, "\n"), "cpu 2 (APIC ID 2) did not come online within 2000 ms")
+	assert.Less(t, rep.Total, 30*time.Second)
+}

@@ -16,7 +16,9 @@ type Options struct {
 
 // Known parameters besides suite= and seed=; a suite that reads a parameter lists it here.
 var knownParams = map[string]string{
-	"gc_mib": "MiB the runtime suite's GC stress allocates in total (default 1024)",
+	"gc_mib":      "MiB the runtime suite's GC stress allocates in total (default 1024)",
+	"expect_cpus": "CPUs the smp suite must find online (the boot tests pass QEMU's -smp)",
+	"gc_seconds":  "seconds of guest time the smp suite's parallel GC case allocates (default 30)",
 	// Read by the kernel itself before the runtime starts (kernel/cmdline.go).
 	"acpidump": "1: print every ACPI table the RSDT/XSDT lists, as hex, at boot",
 	"ap_stuck": "N: send CPU N to a page that halts instead of the trampoline (tests the start-up bound)",

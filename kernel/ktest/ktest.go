@@ -56,6 +56,13 @@ func (t *T) Fatalf(format string, args ...any) {
 	panic(stopCase{})
 }
 
+// Skip stops the case and reports it as skipped ("ok N name # SKIP reason"), for a case that
+// cannot run on this machine (one that needs two CPUs on one, say).
+func (t *T) Skip(reason string) {
+	t.skip = reason
+	panic(stopCase{})
+}
+
 // Failed reports whether the case has failed.
 func (t *T) Failed() bool { return t.failed }
 
@@ -87,7 +94,11 @@ func Run(w io.Writer, suites []Suite, opts Options) bool {
 			start := time.Now()
 			t.run(c)
 			t.Diag("elapsed_ms", fmt.Sprintf("%.1f", float64(time.Since(start).Microseconds())/1000))
-			fmt.Fprintf(w, "%s%s %d %s\n", in, verdict(!t.failed), j+1, c.Name)
+			directive := ""
+			if t.skip != "" && !t.failed {
+				directive = " # SKIP " + t.skip
+			}
+			fmt.Fprintf(w, "%s%s %d %s%s\n", in, verdict(!t.failed), j+1, c.Name, directive)
 			ok = ok && !t.failed
 		}
 		fmt.Fprintf(w, "%s %d %s\n", verdict(ok), i+1, s.Name)

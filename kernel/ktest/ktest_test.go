@@ -59,7 +59,10 @@ func TestRunPrintsKTAP(t *testing.T) {
 			{"panics", func(t *T) { panic(errors.New("boom")) }},
 			{"stops", func(t *T) { t.Fatalf("stop"); t.Diag("unreached", 1) }},
 		}},
-		{Name: "beta", Cases: []Case{{"ok", func(t *T) {}}}},
+		{Name: "beta", Cases: []Case{
+			{"ok", func(t *T) {}},
+			{"skips", func(t *T) { t.Skip("needs two CPUs"); t.Diag("unreached", 2) }},
+		}},
 	}, Options{Seed: 3})
 	assert.False(t, ok)
 	out := buf.String()
@@ -74,6 +77,7 @@ func TestRunPrintsKTAP(t *testing.T) {
 		"    not ok 3 panics\n",
 		"    not ok 4 stops\n",
 		"not ok 1 alpha\n",
+		"    ok 2 skips # SKIP needs two CPUs\n",
 		"ok 2 beta\n",
 	} {
 		assert.Contains(t, out, want)
