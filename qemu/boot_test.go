@@ -122,7 +122,7 @@ func TestSMPSuiteInQEMU(t *testing.T) {
 			require.Len(t, rep.Results, 1)
 			s := rep.Results[0]
 			require.Equal(t, "smp", s.Name)
-			require.Len(t, s.Children, 10)
+			require.Len(t, s.Children, 11)
 			for _, c := range s.Children {
 				assert.True(t, c.OK, c.Name)
 				if c.Directive != "" {

@@ -20,6 +20,7 @@ import (
 // promptly, TLB shootdowns keep munmap safe, and the GC survives allocation on all CPUs.
 var SMP = ktest.Suite{Name: "smp", Cases: []ktest.Case{
 	{Name: "cpus_online", Run: cpusOnline},
+	{Name: "clock_monotonic_across_cpus", Run: clockMonotonicAcrossCPUs},
 	{Name: "ipi_fixed_each_cpu", Run: ipiFixed},
 	{Name: "ipi_self", Run: ipiSelf},
 	{Name: "ipi_all_but_self", Run: ipiAllButSelf},
@@ -447,5 +448,37 @@ func gcParallel(t *ktest.T) {
 	}
 	if cycles < 50 {
 		t.Errorf("%d GC cycles, want at least 50", cycles)
+	}
+}
+
+// clockMonotonicAcrossCPUs: goroutines on every CPU publish the clock readings they take; a
+// reading taken after another CPU's published one must not be smaller. TSCs that were not in
+// step across CPUs would make Go's monotonic time run backwards when a goroutine moves.
+func clockMonotonicAcrossCPUs(t *ktest.T) {
+	var last atomic.Int64
+	var back, worst atomic.Int64
+	counts := countPerCPU(2*kernel.OnlineCPUs(), 500*time.Millisecond, func(int) {
+		for i := 0; i < 1000; i++ {
+			prev := last.Load()
+			now := kernel.Nanotime()
+			if now < prev {
+				back.Add(1)
+				if d := prev - now; d > worst.Load() {
+					worst.Store(d)
+				}
+			}
+			for {
+				cur := last.Load()
+				if now <= cur || last.CompareAndSwap(cur, now) {
+					break
+				}
+			}
+		}
+	})
+	reportPerCPU(t, "readings_k", counts)
+	t.Diag("backwards", back.Load())
+	t.Diag("worst_backwards_ns", worst.Load())
+	if back.Load() != 0 {
+		t.Errorf("the clock went backwards %d times across CPUs (by up to %d ns)", back.Load(), worst.Load())
 	}
 }
