@@ -1,0 +1,341 @@
+// Package fbt holds function-boundary tracing's instruction work: deciding how the
+// instruction an INT3 displaces can run somewhere else, at any distance from where it lives.
+//
+// One decoder (golang.org/x/arch/x86/x86asm) and one classification (analyze) serve both
+// ways of running a displaced instruction out of line:
+//   - Relocate: code that has the instruction's whole effect and then continues on its own
+//     (a "boosted" copy ending in a jump back), and
+//   - PlanStep: one instruction to single-step with TF, plus what the #DB handler fixes up.
+//
+// Nothing here runs in trap context; the kernel prepares probes with it ahead of time.
+package fbt
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"golang.org/x/arch/x86/x86asm"
+)
+
+// ErrNotRelocatable is matched (errors.Is) by every refusal; the *Refusal says why.
+var ErrNotRelocatable = errors.New("fbt: instruction not relocatable")
+
+// Reason names why an instruction is refused. The list is short on purpose: everything not
+// here is relocated.
+type Reason string
+
+const (
+	Undecodable     Reason = "undecodable"
+	Trap            Reason = "raises an exception whose saved RIP would point into the copy (int3, int n, into, int1, ud*)"
+	SavesRIP        Reason = "saves RIP in a register (syscall, sysenter)"
+	FarTransfer     Reason = "far or privileged control transfer (far jmp/call/ret, iret, sysret, sysexit)"
+	Transactional   Reason = "xbegin: its abort target is RIP-relative inside a transaction"
+	InterruptShadow Reason = "opens an interrupt shadow (sti, mov ss, pop ss)"
+	Branch16        Reason = "16-bit operand-size branch (RIP truncated on AMD)"
+	PopRIPMemory    Reason = "pop into RIP-relative memory out of rel32 reach"
+	RSPOperand      Reason = "uses RSP and RIP-relative memory out of rel32 reach"
+	NoScratch       Reason = "no free scratch register for RIP-relative memory out of rel32 reach"
+)
+
+// Refusal is the error for an instruction that is not relocated.
+type Refusal struct {
+	Reason Reason
+	Inst   string // the instruction, GNU syntax, when it decoded
+}
+
+func (r *Refusal) Error() string {
+	if r.Inst == "" {
+		return fmt.Sprintf("fbt: not relocatable: %s", r.Reason)
+	}
+	return fmt.Sprintf("fbt: not relocatable: %s: %s", r.Inst, r.Reason)
+}
+
+func (r *Refusal) Is(target error) bool { return target == ErrNotRelocatable }
+
+// Kinds of RIP dependence.
+type kind int
+
+const (
+	kPlain   kind = iota // no RIP dependence: copy
+	kRIPMem              // RIP-relative memory operand
+	kJmpRel              // jmp rel8/rel32
+	kCondRel             // jcc, jrcxz/jecxz, loop/loope/loopne: rel8 or rel32
+	kCallRel             // call rel32
+	kCallInd             // call r/m64 (RIP-relative or not): the return address is RIP
+	kStop                // ret, jmp r/m (not RIP-relative): never falls through
+)
+
+// analysis is what Relocate and PlanStep share.
+type analysis struct {
+	in     x86asm.Inst
+	raw    []byte // the instruction's bytes
+	from   uint64
+	next   uint64 // from + len: where the instruction falls through to
+	kind   kind
+	target uint64 // RIP-relative memory address, or branch target
+	modrm  int    // offset of ModRM (kRIPMem, kCallInd); -1 if none
+	disp   int    // offset of the RIP displacement (kRIPMem)
+	ripMem bool   // the memory operand is RIP-relative (kRIPMem, kCallInd)
+	enc    encoding
+	pfx    int // offset of the first byte after legacy prefixes
+}
+
+// How the instruction encodes ModRM.rm's fourth bit.
+type encoding int
+
+const (
+	encLegacy encoding = iota // no REX: one can be inserted
+	encREX                    // REX present
+	encVEX2                   // C5: B fixed at 0
+	encVEX3                   // C4: B inverted in byte 1 bit 5
+	encEVEX                   // 62: B inverted in byte 1 bit 5
+)
+
+func isLegacyPrefix(b byte) bool {
+	switch b {
+	case 0xf0, 0xf2, 0xf3, 0x2e, 0x36, 0x3e, 0x26, 0x64, 0x65, 0x66, 0x67:
+		return true
+	}
+	return false
+}
+
+func refuse(r Reason, in *x86asm.Inst, pc uint64) error {
+	ref := &Refusal{Reason: r}
+	if in != nil {
+		ref.Inst = x86asm.GNUSyntax(*in, pc, nil)
+	}
+	return ref
+}
+
+// analyze decodes the first instruction of insn as if it lived at from.
+func analyze(insn []byte, from uint64) (*analysis, error) {
+	in, err := x86asm.Decode(insn, 64)
+	if err != nil || in.Len == 0 || in.Len > len(insn) {
+		return nil, refuse(Undecodable, nil, from)
+	}
+	a := &analysis{in: in, raw: insn[:in.Len], from: from, next: from + uint64(in.Len), modrm: -1}
+	for a.pfx < len(a.raw) && isLegacyPrefix(a.raw[a.pfx]) {
+		a.pfx++
+	}
+	if a.pfx >= len(a.raw) {
+		return nil, refuse(Undecodable, &in, from)
+	}
+	op := a.raw[a.pfx]
+	opAt := a.pfx
+	switch {
+	case op == 0xc5:
+		a.enc, opAt = encVEX2, a.pfx+2
+	case op == 0xc4:
+		a.enc, opAt = encVEX3, a.pfx+3
+	case op == 0x62:
+		a.enc, opAt = encEVEX, a.pfx+4
+	case op&0xf0 == 0x40:
+		a.enc, opAt = encREX, a.pfx+1
+	}
+	if r, bad := refused(&in); bad {
+		return nil, refuse(r, &in, from)
+	}
+
+	switch in.Op {
+	case x86asm.JMP, x86asm.CALL:
+		if in.DataSize == 16 {
+			return nil, refuse(Branch16, &in, from)
+		}
+	}
+	if rel, ok := in.Args[0].(x86asm.Rel); ok && in.PCRel > 0 {
+		a.target = a.next + uint64(int64(rel))
+		switch in.Op {
+		case x86asm.JMP:
+			a.kind = kJmpRel
+		case x86asm.CALL:
+			a.kind = kCallRel
+		default:
+			a.kind = kCondRel
+		}
+		return a, nil
+	}
+
+	// RIP-relative memory: x86asm reports legacy/REX forms in PCRel; its VEX/EVEX decoder
+	// shows them as absolute [disp32], so those are found from ModRM directly.
+	switch {
+	case in.PCRel == 4:
+		a.ripMem, a.disp, a.modrm = true, in.PCRelOff, in.PCRelOff-1
+	case a.enc == encVEX2 || a.enc == encVEX3 || a.enc == encEVEX:
+		if m := opAt + 1; m+5 <= len(a.raw) && a.raw[m]&0xc7 == 0x05 {
+			a.ripMem, a.disp, a.modrm = true, m+1, m
+		}
+	}
+	if a.ripMem {
+		d := int64(int32(binary.LittleEndian.Uint32(a.raw[a.disp:])))
+		a.target = a.next + uint64(d)
+		if in.AddrSize == 32 {
+			a.target = uint64(uint32(a.target))
+		}
+	}
+
+	switch {
+	case in.Op == x86asm.CALL: // call r/m64 (rel forms returned above)
+		a.kind = kCallInd
+		if !a.ripMem {
+			a.modrm = opAt + 1
+		}
+	case in.Op == x86asm.RET:
+		a.kind = kStop
+	case in.Op == x86asm.JMP && !a.ripMem:
+		a.kind = kStop
+	case a.ripMem:
+		a.kind = kRIPMem
+	}
+	return a, nil
+}
+
+// refused reports the instructions that are never relocated (see Reason).
+func refused(in *x86asm.Inst) (Reason, bool) {
+	switch in.Op {
+	case x86asm.INT, x86asm.INTO, x86asm.ICEBP, x86asm.UD0, x86asm.UD1, x86asm.UD2:
+		return Trap, true
+	case x86asm.SYSCALL, x86asm.SYSENTER:
+		return SavesRIP, true
+	case x86asm.LCALL, x86asm.LJMP, x86asm.LRET, x86asm.IRET, x86asm.IRETD, x86asm.IRETQ,
+		x86asm.SYSRET, x86asm.SYSEXIT:
+		return FarTransfer, true
+	case x86asm.XBEGIN:
+		return Transactional, true
+	case x86asm.STI:
+		return InterruptShadow, true
+	case x86asm.MOV:
+		if r, ok := in.Args[0].(x86asm.Reg); ok && r == x86asm.SS {
+			return InterruptShadow, true
+		}
+	case x86asm.POP:
+		if r, ok := in.Args[0].(x86asm.Reg); ok && r == x86asm.SS {
+			return InterruptShadow, true
+		}
+	}
+	return "", false
+}
+
+// GPR numbers 0..15 in encoding order.
+const (
+	rAX = iota
+	rCX
+	rDX
+	rBX
+	rSP
+	rBP
+	rSI
+	rDI
+	r8
+	r9
+	r10
+	r11
+	r12
+	r13
+	r14
+	r15
+)
+
+// gpr maps any GPR view (AL, AX, EAX, RAX, AH, R8B...) to its number; ok false for others.
+func gpr(r x86asm.Reg) (int, bool) {
+	switch {
+	case r >= x86asm.AL && r <= x86asm.R15B:
+		n := int(r - x86asm.AL)
+		if r >= x86asm.AH && r <= x86asm.BH {
+			return n - 4, true // AH, CH, DH, BH are bits 15:8 of RAX..RBX
+		}
+		return n, true
+	case r >= x86asm.AX && r <= x86asm.R15W:
+		return int(r - x86asm.AX), true
+	case r >= x86asm.EAX && r <= x86asm.R15L:
+		return int(r - x86asm.EAX), true
+	case r >= x86asm.RAX && r <= x86asm.R15:
+		return int(r - x86asm.RAX), true
+	}
+	return 0, false
+}
+
+func isHighByte(r x86asm.Reg) bool { return r >= x86asm.AH && r <= x86asm.BH }
+
+// regsUsed returns a mask of the GPRs the instruction reads or writes, explicitly or
+// implicitly, and whether it names AH, CH, DH or BH (which a REX prefix would change).
+func regsUsed(in *x86asm.Inst) (mask uint32, highByte bool) {
+	for _, arg := range in.Args {
+		switch v := arg.(type) {
+		case x86asm.Reg:
+			if n, ok := gpr(v); ok {
+				mask |= 1 << n
+			}
+			highByte = highByte || isHighByte(v)
+		case x86asm.Mem:
+			for _, r := range []x86asm.Reg{v.Base, v.Index} {
+				if n, ok := gpr(r); ok {
+					mask |= 1 << n
+				}
+			}
+		}
+	}
+	return mask | implicitRegs(in), highByte
+}
+
+const (
+	mAX = 1 << rAX
+	mCX = 1 << rCX
+	mDX = 1 << rDX
+	mBX = 1 << rBX
+	mSP = 1 << rSP
+	mBP = 1 << rBP
+	mSI = 1 << rSI
+	mDI = 1 << rDI
+)
+
+// implicitRegs: GPRs an instruction uses without naming them (SDM Vol. 2 operand tables).
+// Erring on the side of more registers only narrows the scratch choice.
+func implicitRegs(in *x86asm.Inst) uint32 {
+	var m uint32
+	switch in.Op {
+	case x86asm.MUL, x86asm.IMUL, x86asm.DIV, x86asm.IDIV, x86asm.CWD, x86asm.CDQ, x86asm.CQO,
+		x86asm.CBW, x86asm.CWDE, x86asm.CDQE, x86asm.RDTSC, x86asm.RDPMC, x86asm.RDMSR,
+		x86asm.WRMSR, x86asm.XGETBV, x86asm.XSETBV, x86asm.IN, x86asm.OUT, x86asm.MULX:
+		m = mAX | mDX | mCX
+	case x86asm.RDTSCP, x86asm.MONITOR, x86asm.MWAIT:
+		m = mAX | mCX | mDX
+	case x86asm.CPUID, x86asm.CMPXCHG8B, x86asm.CMPXCHG16B:
+		m = mAX | mBX | mCX | mDX
+	case x86asm.CMPXCHG, x86asm.LAHF, x86asm.SAHF:
+		m = mAX
+	case x86asm.XLATB:
+		m = mAX | mBX
+	case x86asm.PCMPESTRI, x86asm.PCMPESTRM, x86asm.PCMPISTRI, x86asm.PCMPISTRM,
+		x86asm.VPCMPESTRI, x86asm.VPCMPESTRM, x86asm.VPCMPISTRI, x86asm.VPCMPISTRM:
+		m = mAX | mCX | mDX
+	case x86asm.XSAVE, x86asm.XSAVE64, x86asm.XSAVEOPT, x86asm.XSAVEOPT64, x86asm.XRSTOR,
+		x86asm.XRSTOR64, x86asm.XSAVEC, x86asm.XSAVEC64, x86asm.XSAVES, x86asm.XSAVES64,
+		x86asm.XRSTORS, x86asm.XRSTORS64:
+		m = mAX | mDX
+	case x86asm.MASKMOVQ, x86asm.MASKMOVDQU, x86asm.VMASKMOVDQU:
+		m = mDI
+	case x86asm.ENTER, x86asm.LEAVE:
+		m = mBP | mSP
+	case x86asm.PUSH, x86asm.POP, x86asm.PUSHF, x86asm.POPF, x86asm.PUSHFQ, x86asm.POPFQ,
+		x86asm.CALL, x86asm.RET:
+		m = mSP
+	}
+	for _, p := range in.Prefix {
+		if p == 0 {
+			break
+		}
+		if p&0xff == x86asm.PrefixREP || p&0xff == x86asm.PrefixREPN {
+			m |= mCX
+		}
+	}
+	switch in.Op {
+	case x86asm.MOVSB, x86asm.MOVSW, x86asm.MOVSD, x86asm.MOVSQ, x86asm.CMPSB, x86asm.CMPSW,
+		x86asm.CMPSD, x86asm.CMPSQ, x86asm.STOSB, x86asm.STOSW, x86asm.STOSD, x86asm.STOSQ,
+		x86asm.LODSB, x86asm.LODSW, x86asm.LODSD, x86asm.LODSQ, x86asm.SCASB, x86asm.SCASW,
+		x86asm.SCASD, x86asm.SCASQ, x86asm.INSB, x86asm.INSW, x86asm.INSD, x86asm.OUTSB,
+		x86asm.OUTSW, x86asm.OUTSD:
+		m |= mAX | mCX | mDX | mSI | mDI
+	}
+	return m
+}

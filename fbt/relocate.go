@@ -1,0 +1,296 @@
+package fbt
+
+import (
+	"encoding/binary"
+	"math"
+
+	"golang.org/x/arch/x86/x86asm"
+)
+
+// Relocate returns code that, placed at address to, has the same effect on registers, flags and
+// memory as the single instruction insn had at address from, and then continues where that
+// instruction would have continued: at from+len(insn) when it falls through, at its own target
+// when it branches, calls or returns. Only the first instruction of insn is used.
+//
+// RIP-relative operands and relative branches keep their rel32 form when the new displacement
+// still fits; otherwise:
+//   - a memory operand is rewritten to [scratch+0], with the scratch register (one the
+//     instruction does not use) saved by push, loaded with the absolute address, and restored
+//     by pop — push and pop leave the flags alone, and kernel code has no red zone to clobber;
+//   - lea becomes a move of the address; push/jmp/call through [rip+d] are built from a load
+//     of the pointer and an exchange with the stack slot, so RSP is right at every step;
+//   - branches and the jump back become jmp *0(%rip) with the 8-byte target after it.
+//
+// Calls push from+len(insn) as their return address, never an address inside the copy.
+func Relocate(insn []byte, from, to uint64) ([]byte, error) {
+	a, err := analyze(insn, from)
+	if err != nil {
+		return nil, err
+	}
+	e := &emitter{to: to}
+	switch a.kind {
+	case kPlain:
+		e.raw(a.raw)
+		e.jmp(a.next)
+	case kStop:
+		e.raw(a.raw)
+	case kJmpRel:
+		e.jmp(a.target)
+	case kCondRel:
+		e.cond(a)
+	case kCallRel:
+		e.pushImm(a.next)
+		e.jmp(a.target)
+	case kCallInd:
+		if err := e.pushOperand(a); err != nil {
+			return nil, err
+		}
+		// [rsp] = target. Swap in the return address under it and return into the target.
+		e.raw([]byte{0x50})                      // push %rax
+		e.movabs(rAX, a.next)                    // mov $next, %rax
+		e.raw([]byte{0x48, 0x87, 0x44, 0x24, 8}) // xchg %rax, 8(%rsp): [rsp+8] = next, rax = target
+		e.raw([]byte{0x48, 0x87, 0x04, 0x24})    // xchg %rax, (%rsp): [rsp] = target, rax restored
+		e.raw([]byte{0xc3})                      // ret
+	case kRIPMem:
+		if err := e.ripMem(a); err != nil {
+			return nil, err
+		}
+	}
+	return e.b, nil
+}
+
+type emitter struct {
+	to uint64
+	b  []byte
+}
+
+func (e *emitter) pc() uint64      { return e.to + uint64(len(e.b)) }
+func (e *emitter) raw(b []byte)    { e.b = append(e.b, b...) }
+func (e *emitter) u32(v uint32)    { e.b = binary.LittleEndian.AppendUint32(e.b, v) }
+func (e *emitter) u64(v uint64)    { e.b = binary.LittleEndian.AppendUint64(e.b, v) }
+func fitsRel32(d int64) bool       { return d >= math.MinInt32 && d <= math.MaxInt32 }
+func rel(target, end uint64) int64 { return int64(target - end) }
+
+// jmp continues at target: jmp rel32 when it reaches, else jmp *0(%rip) and the address.
+func (e *emitter) jmp(target uint64) {
+	if d := rel(target, e.pc()+5); fitsRel32(d) {
+		e.raw([]byte{0xe9})
+		e.u32(uint32(d))
+		return
+	}
+	e.raw([]byte{0xff, 0x25, 0, 0, 0, 0})
+	e.u64(target)
+}
+
+// jmpLen is how many bytes jmp(target) emits at pc.
+func jmpLen(pc, target uint64) int {
+	if fitsRel32(rel(target, pc+5)) {
+		return 5
+	}
+	return 14
+}
+
+// cond relocates a conditional relative branch as
+//
+//	<same condition> rel8 → T
+//	jmp fall-through
+//	T: jmp target
+func (e *emitter) cond(a *analysis) {
+	var op []byte
+	c := a.raw[a.pfx:]
+	switch {
+	case c[0] == 0x0f && c[1]&0xf0 == 0x80: // jcc rel32 → jcc rel8
+		op = []byte{0x70 | c[1]&0x0f}
+	case c[0]&0xf0 == 0x70:
+		op = []byte{c[0]}
+	default: // jrcxz, loop*: rel8 only; keep an address-size prefix (jecxz, loopl)
+		if a.in.AddrSize == 32 {
+			op = append(op, 0x67)
+		}
+		op = append(op, c[0])
+	}
+	fall := jmpLen(e.pc()+uint64(len(op))+1, a.next)
+	e.raw(op)
+	e.raw([]byte{byte(fall)})
+	e.jmp(a.next)
+	e.jmp(a.target)
+}
+
+// pushImm pushes a 64-bit value without touching flags or registers.
+func (e *emitter) pushImm(v uint64) {
+	if int64(v) == int64(int32(v)) {
+		e.raw([]byte{0x68}) // push $imm32, sign-extended
+		e.u32(uint32(v))
+		return
+	}
+	e.raw([]byte{0x48, 0x8d, 0x64, 0x24, 0xf8}) // lea -8(%rsp), %rsp
+	e.raw([]byte{0x50})                         // push %rax
+	e.movabs(rAX, v)
+	e.raw([]byte{0x48, 0x89, 0x44, 0x24, 8}) // mov %rax, 8(%rsp)
+	e.raw([]byte{0x58})                      // pop %rax
+}
+
+// pushMem pushes the quadword at absolute address addr: push %rax; mov $addr, %rax;
+// mov (%rax), %rax; xchg %rax, (%rsp).
+func (e *emitter) pushMem(addr uint64) {
+	e.raw([]byte{0x50})
+	e.movabs(rAX, addr)
+	e.raw([]byte{0x48, 0x8b, 0x00})
+	e.raw([]byte{0x48, 0x87, 0x04, 0x24})
+}
+
+// movabs loads a 64-bit immediate into GPR r.
+func (e *emitter) movabs(r int, v uint64) {
+	e.raw([]byte{0x48 | byte(r>>3), 0xb8 | byte(r&7)})
+	e.u64(v)
+}
+
+func (e *emitter) pushReg(r int) {
+	if r >= 8 {
+		e.raw([]byte{0x41})
+	}
+	e.raw([]byte{0x50 | byte(r&7)})
+}
+
+func (e *emitter) popReg(r int) {
+	if r >= 8 {
+		e.raw([]byte{0x41})
+	}
+	e.raw([]byte{0x58 | byte(r&7)})
+}
+
+// pushOperand pushes the call's target operand (call r/m64 → push r/m64, FF /2 → FF /6).
+func (e *emitter) pushOperand(a *analysis) error {
+	if a.ripMem {
+		if d := rel(a.target, e.pc()+uint64(len(a.raw))); fitsRel32(d) && a.in.AddrSize == 64 {
+			b := append([]byte(nil), a.raw...)
+			b[a.modrm] = b[a.modrm]&^0x38 | 6<<3
+			binary.LittleEndian.PutUint32(b[a.disp:], uint32(d))
+			e.raw(b)
+			return nil
+		}
+		e.pushMem(a.target)
+		return nil
+	}
+	b := append([]byte(nil), a.raw...)
+	b[a.modrm] = b[a.modrm]&^0x38 | 6<<3
+	e.raw(b)
+	return nil
+}
+
+// ripMem relocates an instruction with a RIP-relative memory operand (not a call).
+func (e *emitter) ripMem(a *analysis) error {
+	in := &a.in
+	if d := rel(a.target, e.pc()+uint64(len(a.raw))); fitsRel32(d) && in.AddrSize == 64 {
+		b := append([]byte(nil), a.raw...)
+		binary.LittleEndian.PutUint32(b[a.disp:], uint32(d))
+		e.raw(b)
+		if in.Op != x86asm.JMP {
+			e.jmp(a.next)
+		}
+		return nil
+	}
+	switch {
+	case in.Op == x86asm.LEA:
+		if e.leaAsMove(a) {
+			e.jmp(a.next)
+			return nil
+		}
+	case in.Op == x86asm.PUSH && in.DataSize == 64:
+		e.pushMem(a.target)
+		e.jmp(a.next)
+		return nil
+	case in.Op == x86asm.JMP && in.DataSize == 64:
+		e.pushMem(a.target)
+		e.raw([]byte{0xc3}) // ret: pops the loaded target
+		return nil
+	case in.Op == x86asm.POP:
+		return refuse(PopRIPMemory, in, a.from)
+	}
+	used, high := regsUsed(in)
+	if used&mSP != 0 {
+		return refuse(RSPOperand, in, a.from)
+	}
+	b, r, ok := withScratch(a, used, high)
+	if !ok {
+		return refuse(NoScratch, in, a.from)
+	}
+	e.pushReg(r)
+	e.movabs(r, a.target)
+	e.raw(b)
+	e.popReg(r)
+	if in.Op != x86asm.JMP {
+		e.jmp(a.next)
+	}
+	return nil
+}
+
+// leaAsMove turns lea d(%rip), %reg into a move of the address into reg.
+func (e *emitter) leaAsMove(a *analysis) bool {
+	r, ok := a.in.Args[0].(x86asm.Reg)
+	if !ok {
+		return false
+	}
+	n, _ := gpr(r)
+	switch a.in.DataSize {
+	case 64:
+		e.movabs(n, a.target)
+	case 32:
+		if n >= 8 {
+			e.raw([]byte{0x41})
+		}
+		e.raw([]byte{0xb8 | byte(n&7)})
+		e.u32(uint32(a.target))
+	case 16:
+		e.raw([]byte{0x66})
+		if n >= 8 {
+			e.raw([]byte{0x41})
+		}
+		e.raw([]byte{0xb8 | byte(n&7)})
+		e.b = binary.LittleEndian.AppendUint16(e.b, uint16(a.target))
+	default:
+		return false
+	}
+	return true
+}
+
+// Scratch registers in order of preference: r8–r11, r14, r15 are never implicit operands,
+// but need REX.B (or VEX/EVEX.B); the rest work without it. RSP and R12 are never used (as a
+// base they need a SIB byte).
+var scratchOrder = []int{r11, r10, r9, r8, r15, r14, r13, rBX, rSI, rDI, rBP, rCX, rDX, rAX}
+
+// withScratch rewrites the RIP-relative operand as disp32(%r) with disp32 = 0 (ModRM mod=10,
+// same length, so immediates after it stay put) and returns the new bytes and r.
+func withScratch(a *analysis, used uint32, highByte bool) ([]byte, int, bool) {
+	for _, r := range scratchOrder {
+		if used&(1<<r) != 0 {
+			continue
+		}
+		ext := byte(r >> 3)
+		b := append([]byte(nil), a.raw...)
+		modrm, disp := a.modrm, a.disp
+		switch a.enc {
+		case encLegacy:
+			if ext != 0 {
+				if highByte {
+					continue // REX would turn AH..BH into SPL..DIL
+				}
+				b = append(b[:a.pfx:a.pfx], append([]byte{0x41}, b[a.pfx:]...)...)
+				modrm++
+				disp++
+			}
+		case encREX:
+			b[a.pfx] = b[a.pfx]&^1 | ext
+		case encVEX2:
+			if ext != 0 {
+				continue
+			}
+		case encVEX3, encEVEX:
+			b[a.pfx+1] = b[a.pfx+1]&^0x20 | (1-ext)<<5
+		}
+		b[modrm] = 0x80 | b[modrm]&0x38 | byte(r&7)
+		binary.LittleEndian.PutUint32(b[disp:], 0)
+		return b, r, true
+	}
+	return nil, 0, false
+}

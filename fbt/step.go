@@ -1,0 +1,102 @@
+package fbt
+
+import (
+	"encoding/binary"
+
+	"golang.org/x/arch/x86/x86asm"
+)
+
+// Step is the single-step way to run a displaced instruction: the #BP handler places Code at
+// To, loads Scratch (if any) with ScratchValue after saving it, and resumes at To with TF set;
+// the #DB handler that follows restores Scratch, fixes the return address of a call, and moves
+// RIP with Resume. The analysis is Relocate's; only the layout differs (one instruction, the
+// rest done by the handlers).
+type Step struct {
+	Code         []byte
+	To           uint64
+	Scratch      int    // GPR number (0 RAX … 15 R15) to save, load and restore; -1 for none
+	ScratchValue uint64 // what Scratch holds while Code runs
+	FallThrough  uint64 // from+len(insn)
+	Taken        uint64 // a relative branch's target, reached through the marker (0: none)
+	Call         bool   // Code pushed To+len(Code) as a return address: replace it by FallThrough
+}
+
+// marker is where a relocated relative branch in Code goes when taken: one byte past Code,
+// never executed — the #DB arrives first and Resume maps it to Taken.
+func (s *Step) marker() uint64 { return s.To + uint64(len(s.Code)) + 1 }
+
+// Resume maps the RIP the #DB reported to where the original instruction would have gone.
+func (s *Step) Resume(rip uint64) uint64 {
+	switch {
+	case rip == s.To+uint64(len(s.Code)):
+		return s.FallThrough
+	case s.Taken != 0 && rip == s.marker():
+		return s.Taken
+	}
+	return rip
+}
+
+// ReturnAddress is the value a call's pushed return address must be replaced with, given the
+// value found at [RSP] after the step (which is To+len(Code) when the step was a call).
+func (s *Step) ReturnAddress(pushed uint64) uint64 {
+	if s.Call && pushed == s.To+uint64(len(s.Code)) {
+		return s.FallThrough
+	}
+	return pushed
+}
+
+// PlanStep prepares insn, which lives at from, for single-stepping at to.
+func PlanStep(insn []byte, from, to uint64) (*Step, error) {
+	a, err := analyze(insn, from)
+	if err != nil {
+		return nil, err
+	}
+	s := &Step{To: to, Scratch: -1, FallThrough: a.next}
+	switch a.kind {
+	case kPlain, kStop:
+		s.Code = append([]byte(nil), a.raw...)
+	case kJmpRel:
+		s.Code, s.Taken = []byte{0xeb, 1}, a.target // jmp .+1: straight to the marker
+	case kCondRel:
+		c := a.raw[a.pfx:]
+		switch {
+		case c[0] == 0x0f && c[1]&0xf0 == 0x80:
+			s.Code = []byte{0x70 | c[1]&0x0f, 1}
+		case c[0]&0xf0 == 0x70:
+			s.Code = []byte{c[0], 1}
+		default:
+			if a.in.AddrSize == 32 {
+				s.Code = append(s.Code, 0x67)
+			}
+			s.Code = append(s.Code, c[0], 1)
+		}
+		s.Taken = a.target
+	case kCallRel:
+		s.Code, s.Taken, s.Call = []byte{0xe8, 1, 0, 0, 0}, a.target, true
+	case kCallInd, kRIPMem:
+		s.Call = a.kind == kCallInd
+		if !a.ripMem {
+			s.Code = append([]byte(nil), a.raw...)
+			break
+		}
+		if d := rel(a.target, to+uint64(len(a.raw))); fitsRel32(d) && a.in.AddrSize == 64 {
+			s.Code = append([]byte(nil), a.raw...)
+			binary.LittleEndian.PutUint32(s.Code[a.disp:], uint32(d))
+			break
+		}
+		if a.in.Op == x86asm.LEA {
+			e := &emitter{to: to}
+			if e.leaAsMove(a) {
+				s.Code = e.b
+				break
+			}
+		}
+		used, high := regsUsed(&a.in)
+		b, r, ok := withScratch(a, used, high)
+		if !ok {
+			return nil, refuse(NoScratch, &a.in, from)
+		}
+		s.Code, s.Scratch, s.ScratchValue = b, r, a.target
+	}
+	return s, nil
+}
