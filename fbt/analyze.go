@@ -111,8 +111,21 @@ func refuse(r Reason, in *x86asm.Inst, pc uint64) error {
 // analyze decodes the first instruction of insn as if it lived at from.
 func analyze(insn []byte, from uint64) (*analysis, error) {
 	in, err := x86asm.Decode(insn, 64)
-	if err != nil || in.Len == 0 || in.Len > len(insn) {
+	if err != nil || in.Op == 0 || in.Len == 0 || in.Len > len(insn) { // x86asm returns Op 0 for some truncated input
 		return nil, refuse(Undecodable, nil, from)
+	}
+	// x86asm accepts some truncated encodings (an EVEX prefix without its ModRM, say) with a
+	// length that changes once more bytes follow; a copy would then run different code.
+	// Decode again with two different tails and insist on the same length and operation.
+	for _, fill := range []byte{0x90, 0x00} {
+		var buf [32]byte
+		for i := range buf {
+			buf[i] = fill
+		}
+		copy(buf[:], insn[:in.Len])
+		if again, err := x86asm.Decode(buf[:], 64); err != nil || again.Len != in.Len || again.Op != in.Op {
+			return nil, refuse(Undecodable, nil, from)
+		}
 	}
 	a := &analysis{in: in, raw: insn[:in.Len], from: from, next: from + uint64(in.Len), modrm: -1}
 	for a.pfx < len(a.raw) && isLegacyPrefix(a.raw[a.pfx]) {

@@ -23,6 +23,15 @@ import (
 //
 // Calls push from+len(insn) as their return address, never an address inside the copy.
 func Relocate(insn []byte, from, to uint64) ([]byte, error) {
+	e, err := relocate(insn, from, to)
+	if err != nil {
+		return nil, err
+	}
+	return e.b, nil
+}
+
+// relocate is Relocate keeping the emitter, whose lits say where the 8-byte jump targets are.
+func relocate(insn []byte, from, to uint64) (*emitter, error) {
 	a, err := analyze(insn, from)
 	if err != nil {
 		return nil, err
@@ -56,12 +65,36 @@ func Relocate(insn []byte, from, to uint64) ([]byte, error) {
 			return nil, err
 		}
 	}
-	return e.b, nil
+	if !e.decodes() {
+		return nil, refuse(Undecodable, &a.in, from)
+	}
+	return e, nil
 }
 
 type emitter struct {
-	to uint64
-	b  []byte
+	to   uint64
+	b    []byte
+	lits []int // offsets of 8-byte jump targets (data, not code)
+}
+
+// decodes checks that the code decodes as a whole, instruction by instruction, the way the
+// CPU will see it. x86asm accepts some malformed input whose length depends on the bytes
+// after it (a REX or EVEX prefix on an opcode that takes none); such input is refused.
+func (e *emitter) decodes() bool {
+	lits := e.lits
+	for off := 0; off < len(e.b); {
+		if len(lits) > 0 && lits[0] == off {
+			lits = lits[1:]
+			off += 8
+			continue
+		}
+		in, err := x86asm.Decode(e.b[off:], 64)
+		if err != nil || in.Op == 0 || in.Len == 0 {
+			return false
+		}
+		off += in.Len
+	}
+	return true
 }
 
 func (e *emitter) pc() uint64      { return e.to + uint64(len(e.b)) }
@@ -79,6 +112,7 @@ func (e *emitter) jmp(target uint64) {
 		return
 	}
 	e.raw([]byte{0xff, 0x25, 0, 0, 0, 0})
+	e.lits = append(e.lits, len(e.b))
 	e.u64(target)
 }
 

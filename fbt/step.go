@@ -98,5 +98,8 @@ func PlanStep(insn []byte, from, to uint64) (*Step, error) {
 		}
 		s.Code, s.Scratch, s.ScratchValue = b, r, a.target
 	}
+	if !(&emitter{b: s.Code}).decodes() {
+		return nil, refuse(Undecodable, &a.in, from)
+	}
 	return s, nil
 }

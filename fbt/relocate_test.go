@@ -1,0 +1,185 @@
+package fbt
+
+import (
+	"errors"
+	"math/rand"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/arch/x86/x86asm"
+)
+
+// decodeAll decodes code whose 8-byte jump targets sit at the offsets in lits.
+func decodeAll(t testing.TB, code []byte, lits ...int) []x86asm.Inst {
+	var out []x86asm.Inst
+	for off := 0; off < len(code); {
+		if len(lits) > 0 && lits[0] == off {
+			lits = lits[1:]
+			require.LessOrEqual(t, off+8, len(code), "jump target cut short")
+			off += 8
+			continue
+		}
+		in, err := x86asm.Decode(code[off:], 64)
+		require.NoError(t, err, "% x at %d", code, off)
+		require.NotZero(t, in.Op, "% x at %d", code, off)
+		out = append(out, in)
+		off += in.Len
+	}
+	return out
+}
+
+// reloc relocates and decodes, for the tests.
+func reloc(t testing.TB, insn []byte, from, to uint64) ([]byte, []x86asm.Inst, error) {
+	e, err := relocate(insn, from, to)
+	if err != nil {
+		return nil, nil, err
+	}
+	code, err2 := Relocate(insn, from, to)
+	require.NoError(t, err2)
+	require.Equal(t, e.b, code)
+	return e.b, decodeAll(t, e.b, e.lits...), nil
+}
+
+func TestRelocateForms(t *testing.T) {
+	const from = 0xffffff8000000000
+	for _, tc := range []struct {
+		name string
+		insn []byte
+		to   uint64
+		ops  []x86asm.Op
+	}{
+		{"plain near", []byte{0x48, 0x89, 0xe5}, from + 4096, []x86asm.Op{x86asm.MOV, x86asm.JMP}},
+		{"rip load near keeps rel32", []byte{0x48, 0x8b, 0x05, 0x10, 0, 0, 0}, from + 1<<20, []x86asm.Op{x86asm.MOV, x86asm.JMP}},
+		{"rip load far uses a scratch", []byte{0x48, 0x8b, 0x05, 0x10, 0, 0, 0}, from + 8<<30,
+			[]x86asm.Op{x86asm.PUSH, x86asm.MOV, x86asm.MOV, x86asm.POP, x86asm.JMP}},
+		{"cmp imm after disp, far", []byte{0x80, 0x3d, 0x10, 0, 0, 0, 5}, from - 64<<30,
+			[]x86asm.Op{x86asm.PUSH, x86asm.MOV, x86asm.CMP, x86asm.POP, x86asm.JMP}},
+		{"lea far is a move", []byte{0x48, 0x8d, 0x3d, 0x10, 0, 0, 0}, from + 8<<30, []x86asm.Op{x86asm.MOV, x86asm.JMP}},
+		{"jcc rel8 far", []byte{0x74, 0x10}, from + 8<<30, []x86asm.Op{x86asm.JE, x86asm.JMP, x86asm.JMP}},
+		// from+5 does not fit a sign-extended imm32 here: built through RAX, flags untouched.
+		{"call rel32", []byte{0xe8, 0, 1, 0, 0}, from + 4096,
+			[]x86asm.Op{x86asm.LEA, x86asm.PUSH, x86asm.MOV, x86asm.MOV, x86asm.POP, x86asm.JMP}},
+		{"call [rip] far", []byte{0xff, 0x15, 0x10, 0, 0, 0}, from + 8<<30,
+			[]x86asm.Op{x86asm.PUSH, x86asm.MOV, x86asm.MOV, x86asm.XCHG, x86asm.PUSH, x86asm.MOV, x86asm.XCHG, x86asm.XCHG, x86asm.RET}},
+		{"ret", []byte{0xc3}, from + 8<<30, []x86asm.Op{x86asm.RET}},
+		{"vmovups far (VEX2)", []byte{0xc5, 0xf8, 0x10, 0x05, 0x10, 0, 0, 0}, from + 8<<30,
+			[]x86asm.Op{x86asm.PUSH, x86asm.MOV, x86asm.VMOVUPS, x86asm.POP, x86asm.JMP}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, ins, err := reloc(t, tc.insn, from, tc.to)
+			require.NoError(t, err)
+			var ops []x86asm.Op
+			for _, in := range ins {
+				ops = append(ops, in.Op)
+			}
+			assert.Equal(t, tc.ops, ops)
+		})
+	}
+}
+
+// A VEX RIP-relative load moved 8 GiB away must address the original target through the
+// scratch register (x86asm shows VEX [rip+d] as [d], so this is found from ModRM).
+func TestRelocateVEXScratchAddressesTarget(t *testing.T) {
+	const from = 0x100000000000
+	insn := []byte{0xc4, 0xe2, 0x79, 0x18, 0x05, 0x10, 0, 0, 0} // vbroadcastss 0x10(%rip), %xmm0
+	_, ins, err := reloc(t, insn, from, from+8<<30)
+	require.NoError(t, err)
+	require.Equal(t, x86asm.MOV, ins[1].Op)
+	assert.Equal(t, x86asm.Imm(from+9+0x10), ins[1].Args[1], "the scratch holds the original target")
+	m := ins[2].Args[1].(x86asm.Mem)
+	assert.Equal(t, ins[1].Args[0], m.Base)
+	assert.Zero(t, m.Disp)
+}
+
+func TestRefusals(t *testing.T) {
+	for _, tc := range []struct {
+		insn []byte
+		why  Reason
+	}{
+		{[]byte{0xcc}, Trap},
+		{[]byte{0xcd, 0x80}, Trap},
+		{[]byte{0x0f, 0x0b}, Trap},
+		{[]byte{0x0f, 0x05}, SavesRIP},
+		{[]byte{0x48, 0xcf}, FarTransfer},
+		{[]byte{0xfb}, InterruptShadow},
+		{[]byte{0x8e, 0xd0}, InterruptShadow},
+		{[]byte{0xc7, 0xf8, 0, 0, 0, 0}, Transactional},
+		{[]byte{0x8f, 0x05, 0, 0, 0, 0}, PopRIPMemory},
+		{[]byte{0x48, 0x03, 0x25, 0, 0, 0, 0}, RSPOperand}, // add 0(%rip), %rsp
+		{[]byte{0x06}, Undecodable},                        // push %es: invalid in 64-bit mode
+		{nil, Undecodable},
+	} {
+		_, err := Relocate(tc.insn, 0x1000, 0x1000+8<<30)
+		require.Error(t, err, "% x", tc.insn)
+		assert.ErrorIs(t, err, ErrNotRelocatable)
+		var r *Refusal
+		require.True(t, errors.As(err, &r))
+		assert.Equal(t, tc.why, r.Reason, "% x", tc.insn)
+	}
+}
+
+func TestPlanStep(t *testing.T) {
+	const from, to = 0x1000, 0x1000 + 8<<30
+	s, err := PlanStep([]byte{0x74, 0x10}, from, to) // je .+0x10
+	require.NoError(t, err)
+	assert.Equal(t, []byte{0x74, 1}, s.Code)
+	assert.Equal(t, uint64(from+2), s.Resume(to+2), "not taken")
+	assert.Equal(t, uint64(from+2+0x10), s.Resume(to+3), "taken, through the marker")
+
+	s, err = PlanStep([]byte{0xe8, 0, 1, 0, 0}, from, to) // call .+0x100
+	require.NoError(t, err)
+	assert.True(t, s.Call)
+	assert.Equal(t, uint64(from+5+0x100), s.Resume(to+6))
+	assert.Equal(t, uint64(from+5), s.ReturnAddress(to+5))
+
+	s, err = PlanStep([]byte{0x48, 0x8b, 0x05, 0x10, 0, 0, 0}, from, to) // mov 0x10(%rip), %rax
+	require.NoError(t, err)
+	assert.NotEqual(t, -1, s.Scratch)
+	assert.NotEqual(t, 0, s.Scratch, "rax is the destination, not a scratch")
+	assert.Equal(t, uint64(from+7+0x10), s.ScratchValue)
+	assert.Equal(t, uint64(from+7), s.Resume(to+uint64(len(s.Code))))
+
+	s, err = PlanStep([]byte{0x8f, 0x05, 0, 0, 0, 0}, from, to) // pop to rip-relative: fine when stepping
+	require.NoError(t, err)
+	assert.NotEqual(t, -1, s.Scratch)
+	assert.Equal(t, x86asm.POP, decodeAll(t, s.Code)[0].Op)
+}
+
+// FuzzRelocate: random bytes at random distances never panic, and what comes back decodes.
+func FuzzRelocate(f *testing.F) {
+	f.Add([]byte{0x48, 0x8b, 0x05, 0x10, 0, 0, 0}, uint64(0x1000), int64(8<<30))
+	f.Add([]byte{0x62, 0xf1, 0x7c, 0x48, 0x10, 0x05, 1, 0, 0, 0}, uint64(0xffffffff81000000), int64(-1<<40))
+	f.Add([]byte{0xff, 0x15, 0, 0, 0, 0}, uint64(0x7fff0000), int64(1<<31))
+	f.Add([]byte{0xe3, 0x10}, uint64(0), int64(-5))
+	f.Fuzz(func(t *testing.T, insn []byte, from uint64, d int64) {
+		to := from + uint64(d)
+		if _, _, err := reloc(t, insn, from, to); err != nil && !errors.Is(err, ErrNotRelocatable) {
+			t.Fatalf("error %v does not match ErrNotRelocatable", err)
+		}
+		if s, err := PlanStep(insn, from, to); err == nil {
+			decodeAll(t, s.Code)
+		}
+	})
+}
+
+func BenchmarkRelocate(b *testing.B) {
+	r := rand.New(rand.NewSource(1))
+	insns := [][]byte{
+		{0x48, 0x89, 0xe5},
+		{0x48, 0x8b, 0x05, 0x10, 0, 0, 0},
+		{0x80, 0x3d, 0x10, 0, 0, 0, 5},
+		{0x0f, 0x84, 0, 1, 0, 0},
+		{0xff, 0x15, 0x10, 0, 0, 0},
+		{0xc5, 0xf8, 0x10, 0x05, 0x10, 0, 0, 0},
+	}
+	dists := []uint64{4096, 8 << 30}
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		in := insns[i%len(insns)]
+		from := 0xffffffff81000000 + uint64(r.Intn(1<<20))
+		if _, err := Relocate(in, from, from+dists[i%2]); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
