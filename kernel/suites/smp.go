@@ -111,14 +111,20 @@ func ipiEach(t *ktest.T, kind int, count func(int) func() uint64) {
 func ipiFixed(t *ktest.T) { ipiEach(t, kernel.IPIFixed, testIPIs) }
 func ipiNMI(t *ktest.T)   { ipiEach(t, kernel.IPINMI, nmis) }
 
+// testIPICounts snapshots every CPU's count of test IPIs received.
+func testIPICounts() []uint64 {
+	c := make([]uint64, kernel.OnlineCPUs())
+	for i := range c {
+		c[i] = kernel.CPUStat(i).TestIPIs
+	}
+	return c
+}
+
 func ipiSelf(t *ktest.T) {
 	const rounds = 100
 	n := kernel.OnlineCPUs()
 	for r := 0; r < rounds; r++ {
-		before := make([]uint64, n)
-		for i := range before {
-			before[i] = kernel.CPUStat(i).TestIPIs
-		}
+		before := testIPICounts()
 		from, ok := kernel.SendTestIPI(kernel.IPISelf, 0)
 		if !ok {
 			t.Fatalf("the local APIC did not accept a self IPI")
@@ -144,10 +150,7 @@ func ipiAllButSelf(t *ktest.T) {
 	}
 	const rounds = 20
 	for r := 0; r < rounds; r++ {
-		before := make([]uint64, n)
-		for i := range before {
-			before[i] = kernel.CPUStat(i).TestIPIs
-		}
+		before := testIPICounts()
 		from, ok := kernel.SendTestIPI(kernel.IPIAllButSelf, 0)
 		if !ok {
 			t.Fatalf("the local APIC did not accept the broadcast")
