@@ -92,6 +92,27 @@ const (
 	encEVEX                   // 62: B inverted in byte 1 bit 5
 )
 
+// decode is x86asm.Decode in 64-bit mode with the one length error the differential test
+// found: x86asm gives VEX vzeroupper/vzeroall (VEX.0F 77) a ModRM byte they do not have, so
+// c5 f8 77 31 decoded as one 4-byte instruction where the CPU runs 3 bytes and then 0x31.
+func decode(b []byte) (x86asm.Inst, error) {
+	in, err := x86asm.Decode(b, 64)
+	if err != nil || (in.Op != x86asm.VZEROUPPER && in.Op != x86asm.VZEROALL) {
+		return in, err
+	}
+	p := 0
+	for p < len(b) && isLegacyPrefix(b[p]) {
+		p++
+	}
+	switch {
+	case p < len(b) && b[p] == 0xc5:
+		in.Len = p + 3
+	case p < len(b) && b[p] == 0xc4:
+		in.Len = p + 4
+	}
+	return in, nil
+}
+
 func isLegacyPrefix(b byte) bool {
 	switch b {
 	case 0xf0, 0xf2, 0xf3, 0x2e, 0x36, 0x3e, 0x26, 0x64, 0x65, 0x66, 0x67:
@@ -110,7 +131,7 @@ func refuse(r Reason, in *x86asm.Inst, pc uint64) error {
 
 // analyze decodes the first instruction of insn as if it lived at from.
 func analyze(insn []byte, from uint64) (*analysis, error) {
-	in, err := x86asm.Decode(insn, 64)
+	in, err := decode(insn)
 	if err != nil || in.Op == 0 || in.Len == 0 || in.Len > len(insn) { // x86asm returns Op 0 for some truncated input
 		return nil, refuse(Undecodable, nil, from)
 	}
@@ -123,7 +144,7 @@ func analyze(insn []byte, from uint64) (*analysis, error) {
 			buf[i] = fill
 		}
 		copy(buf[:], insn[:in.Len])
-		if again, err := x86asm.Decode(buf[:], 64); err != nil || again.Len != in.Len || again.Op != in.Op {
+		if again, err := decode(buf[:]); err != nil || again.Len != in.Len || again.Op != in.Op {
 			return nil, refuse(Undecodable, nil, from)
 		}
 	}

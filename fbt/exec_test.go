@@ -95,7 +95,7 @@ func textOf(path string) (ins []insn, bad int, err error) {
 			return nil, 0, err
 		}
 		for off := 0; off < len(data); {
-			in, err := x86asm.Decode(data[off:], 64)
+			in, err := decode(data[off:])
 			if err != nil || in.Len == 0 {
 				bad++
 				off++
@@ -245,7 +245,7 @@ func TestRelocateByExecution(t *testing.T) {
 				if *sample > 1 && len(seen)%*sample != 0 {
 					continue
 				}
-				dec, _ := x86asm.Decode(in.b, 64)
+				dec, _ := decode(in.b)
 				for di, d := range distances {
 					from := home + in.addr%4096 + uint64(di)*0x10000
 					to := from + uint64(d.d)

@@ -88,7 +88,7 @@ func (e *emitter) decodes() bool {
 			off += 8
 			continue
 		}
-		in, err := x86asm.Decode(e.b[off:], 64)
+		in, err := decode(e.b[off:])
 		if err != nil || in.Op == 0 || in.Len == 0 {
 			return false
 		}

@@ -20,7 +20,7 @@ func decodeAll(t testing.TB, code []byte, lits ...int) []x86asm.Inst {
 			off += 8
 			continue
 		}
-		in, err := x86asm.Decode(code[off:], 64)
+		in, err := decode(code[off:])
 		require.NoError(t, err, "% x at %d", code, off)
 		require.NotZero(t, in.Op, "% x at %d", code, off)
 		out = append(out, in)
@@ -182,4 +182,14 @@ func BenchmarkRelocate(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// Found by the differential test: vzeroupper has no ModRM, whatever x86asm says.
+func TestVzeroupperLength(t *testing.T) {
+	in, err := decode([]byte{0xc5, 0xf8, 0x77, 0x31, 0xc0})
+	require.NoError(t, err)
+	assert.Equal(t, 3, in.Len)
+	code, _, err := reloc(t, []byte{0xc5, 0xf8, 0x77, 0x31}, 0x1000, 0x2000)
+	require.NoError(t, err)
+	assert.Equal(t, []byte{0xc5, 0xf8, 0x77, 0xe9}, code[:4], "3 bytes copied, then the jump back")
 }

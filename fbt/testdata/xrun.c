@@ -55,7 +55,12 @@ static int is_code(uint64_t p) {
 	return 0;
 }
 
+/* The code under test may set RFLAGS.AC (popfw, say); the kernel keeps it for the handler,
+ * and with CR0.AM set the harness's own unaligned copies would then fault forever. */
+static inline void clear_ac(void) { __asm__ volatile("pushfq; andq $~0x40000, (%%rsp); popfq" ::: "memory", "cc"); }
+
 static void handler(int sig, siginfo_t *si, void *uv) {
+	clear_ac();
 	ucontext_t *uc = uv;
 	if (phase == 0 && sig == SIGTRAP) {
 		phase = 1;
@@ -171,6 +176,7 @@ static void run(int which, uint64_t rip, uint64_t seed, uint64_t tlo, int have_t
 	setitimer(ITIMER_REAL, &t, NULL);
 	if (!sigsetjmp(back, 1))
 		__asm__ volatile("int3");
+	clear_ac();
 	setitimer(ITIMER_REAL, &off, NULL);
 	struct state *r = &res[which];
 	memcpy(r->stack, (void *)STACK_BASE, sizeof r->stack);
