@@ -274,11 +274,13 @@ const (
 func gpr(r x86asm.Reg) (int, bool) {
 	switch {
 	case r >= x86asm.AL && r <= x86asm.R15B:
-		n := int(r - x86asm.AL)
-		if r >= x86asm.AH && r <= x86asm.BH {
-			return n - 4, true // AH, CH, DH, BH are bits 15:8 of RAX..RBX
+		// x86asm orders AL CL DL BL, AH CH DH BH, SPB BPB SIB DIB, R8B..R15B: past BL every
+		// byte register sits four places after its GPR (AH..BH are bits 15:8 of RAX..RBX).
+		if n := int(r - x86asm.AL); n >= 4 {
+			return n - 4, true
+		} else {
+			return n, true
 		}
-		return n, true
 	case r >= x86asm.AX && r <= x86asm.R15W:
 		return int(r - x86asm.AX), true
 	case r >= x86asm.EAX && r <= x86asm.R15L:

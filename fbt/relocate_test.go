@@ -193,3 +193,18 @@ func TestVzeroupperLength(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, []byte{0xc5, 0xf8, 0x77, 0xe9}, code[:4], "3 bytes copied, then the jump back")
 }
+
+// Found by the differential test: byte registers past BL map to their GPRs (R11B is R11),
+// or a far mov 0(%rip), %r11b picked R11 as its scratch and lost the load.
+func TestByteRegistersMapToTheirGPR(t *testing.T) {
+	for r, want := range map[x86asm.Reg]int{x86asm.AL: rAX, x86asm.BL: rBX, x86asm.AH: rAX,
+		x86asm.BH: rBX, x86asm.SPB: rSP, x86asm.DIB: rDI, x86asm.R8B: r8, x86asm.R11B: r11,
+		x86asm.R15B: r15, x86asm.R11W: r11, x86asm.R11L: r11, x86asm.R11: r11} {
+		n, ok := gpr(r)
+		assert.True(t, ok)
+		assert.Equal(t, want, n, "%v", r)
+	}
+	_, ins, err := reloc(t, []byte{0x44, 0x8a, 0x1d, 0xa0, 0x8a, 0x1d, 0x00}, 0x1000, 0x1000+8<<30)
+	require.NoError(t, err)
+	assert.NotEqual(t, x86asm.R11, ins[0].Args[0], "the scratch is not the destination")
+}
