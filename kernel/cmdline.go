@@ -7,8 +7,9 @@ import "unsafe"
 // reports bad ones as a failed KTAP result; these lookups only read what the kernel needs
 // before the runtime starts, so they ignore what they cannot parse.
 
-// cmdlineValue returns the value of key=value on the command line.
-func cmdlineValue(key string) (string, bool) {
+// cmdlineWords calls fn with each space-separated word of the command line until fn returns
+// false. The words are views of boot.cmdline, which never changes: no allocation.
+func cmdlineWords(fn func(w string) bool) {
 	cl := boot.cmdline[:boot.cmdlen]
 	for i := 0; i < len(cl); {
 		for i < len(cl) && cl[i] == ' ' {
@@ -18,16 +19,22 @@ func cmdlineValue(key string) (string, bool) {
 		for j < len(cl) && cl[j] != ' ' {
 			j++
 		}
-		// unsafe.String: views of boot.cmdline, which never changes; no allocation.
-		if w := cl[i:j]; len(w) > len(key) && unsafe.String(&w[0], len(key)) == key && w[len(key)] == '=' {
-			if len(w) == len(key)+1 {
-				return "", true
-			}
-			return unsafe.String(&w[len(key)+1], len(w)-len(key)-1), true
+		if j > i && !fn(unsafe.String(&cl[i], j-i)) {
+			return
 		}
 		i = j
 	}
-	return "", false
+}
+
+// cmdlineValue returns the value of key=value on the command line.
+func cmdlineValue(key string) (v string, found bool) {
+	cmdlineWords(func(w string) bool {
+		if len(w) > len(key) && w[:len(key)] == key && w[len(key)] == '=' {
+			v, found = w[len(key)+1:], true
+		}
+		return !found
+	})
+	return v, found
 }
 
 // cmdlineInt returns key's decimal value; false when absent or not a number.

@@ -45,7 +45,7 @@ func kmain(startInfo uintptr) {
 	c := initCPU(0, lapic.ID())
 	loadCPU(c)
 	setupIDT()
-	amd64.LIDT(pseudoDescriptor(&c.desc, uintptr(unsafe.Pointer(&idtTable)), idt.Limit))
+	loadIDT(c)
 	initMemory()
 
 	if !calibrateTSC() {
@@ -83,6 +83,11 @@ func setupIDT() {
 		}
 		idtTable[v].Set(uint64(stubAddr(v)), selCode, ist, idt.TypeInterrupt, 0)
 	}
+}
+
+// loadIDT makes the running CPU use the shared IDT.
+func loadIDT(c *CPU) {
+	amd64.LIDT(pseudoDescriptor(&c.desc, uintptr(unsafe.Pointer(&idtTable)), idt.Limit))
 }
 
 func initSyscalls() {
@@ -126,21 +131,11 @@ func startRuntime(c *CPU) {
 	argc := 0
 	argv[argc] = push("tracebed")
 	argc++
-	cl := boot.cmdline[:boot.cmdlen]
-	for i := 0; i < len(cl) && argc < len(argv)-1; {
-		for i < len(cl) && cl[i] == ' ' {
-			i++
-		}
-		j := i
-		for j < len(cl) && cl[j] != ' ' {
-			j++
-		}
-		if j > i {
-			argv[argc] = push(unsafe.String(&cl[i], j-i))
-			argc++
-		}
-		i = j
-	}
+	cmdlineWords(func(w string) bool {
+		argv[argc] = push(w)
+		argc++
+		return argc < len(argv)-1
+	})
 	env := push("GODEBUG=asyncpreemptoff=1")
 	sp -= 16
 	random := sp

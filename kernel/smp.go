@@ -6,7 +6,6 @@ import (
 
 	"tracebed/acpi"
 	"tracebed/amd64"
-	"tracebed/idt"
 	"tracebed/kernel/ktest"
 )
 
@@ -153,7 +152,7 @@ func spinFor(ns int64) {
 // the AP's kernel stack below the Frame the scheduler fills, and never returns.
 func apMain(c *CPU) {
 	loadCPU(c)
-	amd64.LIDT(pseudoDescriptor(&c.desc, uintptr(unsafe.Pointer(&idtTable)), idt.Limit))
+	loadIDT(c)
 	initSyscalls()
 	if lapic.X2 {
 		lapic.EnableX2APIC()
