@@ -133,12 +133,12 @@ func sdt(mem Memory, addr uint64) ([]byte, bool, bool) {
 // Walk calls fn for the RSDP and then for every table the root table lists, in order, with
 // its address and bytes. It stops at the first error.
 func Walk(mem Memory, rsdp uint64, fn func(addr uint64, b []byte)) Error {
-	root, r, e := rootTable(mem, rsdp)
+	root, at, r, e := rootTable(mem, rsdp)
 	if e != OK {
 		return e
 	}
 	fn(rsdp, r)
-	fn(rootAddr(mem, rsdp), root)
+	fn(at, root)
 	forEachEntry(root, func(addr uint64) {
 		if b, ok, _ := sdt(mem, addr); ok {
 			fn(addr, b)
@@ -147,44 +147,42 @@ func Walk(mem Memory, rsdp uint64, fn func(addr uint64, b []byte)) Error {
 	return OK
 }
 
-// rootTable checks the RSDP and returns the root table and the RSDP's bytes.
-func rootTable(mem Memory, rsdp uint64) (root, r []byte, e Error) {
+// rootTable checks the RSDP and returns the root table, its address and the RSDP's bytes.
+func rootTable(mem Memory, rsdp uint64) (root []byte, at uint64, r []byte, e Error) {
 	r = mem(rsdp, rsdpV1Bytes)
 	if r == nil || string(r[:8]) != "RSD PTR " {
-		return nil, nil, ErrNoRSDP
+		return nil, 0, nil, ErrNoRSDP
 	}
 	if checksum(r) != 0 {
-		return nil, nil, ErrRSDPChecksum
+		return nil, 0, nil, ErrRSDPChecksum
 	}
 	if r[15] >= 2 {
 		if r = mem(rsdp, rsdpV2Bytes); r == nil {
-			return nil, nil, ErrNoRSDP
+			return nil, 0, nil, ErrNoRSDP
 		}
 		if checksum(r) != 0 {
-			return nil, nil, ErrRSDPChecksum
+			return nil, 0, nil, ErrRSDPChecksum
 		}
 	}
-	root, ok, sum := sdt(mem, rootAddr(mem, rsdp))
+	at = rootAddr(r)
+	root, ok, sum := sdt(mem, at)
 	switch {
 	case !ok:
-		return nil, nil, ErrRootUnreadable
+		return nil, 0, nil, ErrRootUnreadable
 	case !sum:
-		return nil, nil, ErrRootChecksum
+		return nil, 0, nil, ErrRootChecksum
 	case string(root[:4]) != "XSDT" && string(root[:4]) != "RSDT":
-		return nil, nil, ErrRootSignature
+		return nil, 0, nil, ErrRootSignature
 	}
-	return root, r, OK
+	return root, at, r, OK
 }
 
-// rootAddr is the XSDT when the RSDP is revision 2 or later and gives one, else the RSDT
-// (microvm's RSDP is revision 2 with a zero RSDT).
-func rootAddr(mem Memory, rsdp uint64) uint64 {
-	r := mem(rsdp, rsdpV1Bytes)
+// rootAddr is the XSDT when the (checked) RSDP r is revision 2 or later and gives one, else
+// the RSDT (microvm's RSDP is revision 2 with a zero RSDT).
+func rootAddr(r []byte) uint64 {
 	if r[15] >= 2 {
-		if v2 := mem(rsdp, rsdpV2Bytes); v2 != nil {
-			if x := binary.LittleEndian.Uint64(v2[24:]); x != 0 {
-				return x
-			}
+		if x := binary.LittleEndian.Uint64(r[24:]); x != 0 {
+			return x
 		}
 	}
 	return uint64(binary.LittleEndian.Uint32(r[16:]))
@@ -207,7 +205,7 @@ func forEachEntry(root []byte, fn func(addr uint64)) {
 // Parse reads the RSDP at rsdp, its root table and the MADT into info.
 func Parse(mem Memory, rsdp uint64, info *Info) Error {
 	*info = Info{}
-	root, r, e := rootTable(mem, rsdp)
+	root, _, r, e := rootTable(mem, rsdp)
 	if e != OK {
 		return e
 	}

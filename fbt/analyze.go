@@ -304,7 +304,7 @@ func regsUsed(in *x86asm.Inst) (mask uint32, highByte bool) {
 			}
 			highByte = highByte || isHighByte(v)
 		case x86asm.Mem:
-			for _, r := range []x86asm.Reg{v.Base, v.Index} {
+			for _, r := range [...]x86asm.Reg{v.Base, v.Index} {
 				if n, ok := gpr(r); ok {
 					mask |= 1 << n
 				}

@@ -51,9 +51,7 @@ func relocate(insn []byte, from, to uint64) (*emitter, error) {
 		e.pushImm(a.next)
 		e.jmp(a.target)
 	case kCallInd:
-		if err := e.pushOperand(a); err != nil {
-			return nil, err
-		}
+		e.pushOperand(a)
 		// [rsp] = target. Swap in the return address under it and return into the target.
 		e.raw([]byte{0x50})                      // push %rax
 		e.movabs(rAX, a.next)                    // mov $next, %rax
@@ -130,24 +128,40 @@ func jmpLen(pc, target uint64) int {
 //	jmp fall-through
 //	T: jmp target
 func (e *emitter) cond(a *analysis) {
-	var op []byte
-	c := a.raw[a.pfx:]
-	switch {
-	case c[0] == 0x0f && c[1]&0xf0 == 0x80: // jcc rel32 → jcc rel8
-		op = []byte{0x70 | c[1]&0x0f}
-	case c[0]&0xf0 == 0x70:
-		op = []byte{c[0]}
-	default: // jrcxz, loop*: rel8 only; keep an address-size prefix (jecxz, loopl)
-		if a.in.AddrSize == 32 {
-			op = append(op, 0x67)
-		}
-		op = append(op, c[0])
-	}
+	op := shortCond(a)
 	fall := jmpLen(e.pc()+uint64(len(op))+1, a.next)
 	e.raw(op)
 	e.raw([]byte{byte(fall)})
 	e.jmp(a.next)
 	e.jmp(a.target)
+}
+
+// shortCond returns the opcode bytes of a's condition in its rel8 form, to be followed by the
+// 8-bit displacement.
+func shortCond(a *analysis) []byte {
+	c := a.raw[a.pfx:]
+	switch {
+	case c[0] == 0x0f && c[1]&0xf0 == 0x80: // jcc rel32 → jcc rel8
+		return []byte{0x70 | c[1]&0x0f}
+	case c[0]&0xf0 == 0x70:
+		return []byte{c[0]}
+	case a.in.AddrSize == 32: // jecxz, loopl: keep the address-size prefix
+		return []byte{0x67, c[0]}
+	}
+	return []byte{c[0]} // jrcxz, loop*: rel8 only
+}
+
+// nearCopy returns a copy of the instruction for address at whose RIP-relative displacement
+// is rewritten to reach the same target, or false when it no longer fits in 32 bits (or the
+// operand wraps at 4 GiB: an address-size prefix).
+func nearCopy(a *analysis, at uint64) ([]byte, bool) {
+	d := rel(a.target, at+uint64(len(a.raw)))
+	if !fitsRel32(d) || a.in.AddrSize != 64 {
+		return nil, false
+	}
+	b := append([]byte(nil), a.raw...)
+	binary.LittleEndian.PutUint32(b[a.disp:], uint32(d))
+	return b, true
 }
 
 // pushImm pushes a 64-bit value without touching flags or registers.
@@ -194,30 +208,23 @@ func (e *emitter) popReg(r int) {
 }
 
 // pushOperand pushes the call's target operand (call r/m64 → push r/m64, FF /2 → FF /6).
-func (e *emitter) pushOperand(a *analysis) error {
-	if a.ripMem {
-		if d := rel(a.target, e.pc()+uint64(len(a.raw))); fitsRel32(d) && a.in.AddrSize == 64 {
-			b := append([]byte(nil), a.raw...)
-			b[a.modrm] = b[a.modrm]&^0x38 | 6<<3
-			binary.LittleEndian.PutUint32(b[a.disp:], uint32(d))
-			e.raw(b)
-			return nil
-		}
-		e.pushMem(a.target)
-		return nil
-	}
+func (e *emitter) pushOperand(a *analysis) {
 	b := append([]byte(nil), a.raw...)
+	if a.ripMem {
+		var ok bool
+		if b, ok = nearCopy(a, e.pc()); !ok {
+			e.pushMem(a.target)
+			return
+		}
+	}
 	b[a.modrm] = b[a.modrm]&^0x38 | 6<<3
 	e.raw(b)
-	return nil
 }
 
 // ripMem relocates an instruction with a RIP-relative memory operand (not a call).
 func (e *emitter) ripMem(a *analysis) error {
 	in := &a.in
-	if d := rel(a.target, e.pc()+uint64(len(a.raw))); fitsRel32(d) && in.AddrSize == 64 {
-		b := append([]byte(nil), a.raw...)
-		binary.LittleEndian.PutUint32(b[a.disp:], uint32(d))
+	if b, ok := nearCopy(a, e.pc()); ok {
 		e.raw(b)
 		if in.Op != x86asm.JMP {
 			e.jmp(a.next)

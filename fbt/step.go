@@ -1,10 +1,6 @@
 package fbt
 
-import (
-	"encoding/binary"
-
-	"golang.org/x/arch/x86/x86asm"
-)
+import "golang.org/x/arch/x86/x86asm"
 
 // Step is the single-step way to run a displaced instruction: the #BP handler places Code at
 // To, loads Scratch (if any) with ScratchValue after saving it, and resumes at To with TF set;
@@ -58,19 +54,7 @@ func PlanStep(insn []byte, from, to uint64) (*Step, error) {
 	case kJmpRel:
 		s.Code, s.Taken = []byte{0xeb, 1}, a.target // jmp .+1: straight to the marker
 	case kCondRel:
-		c := a.raw[a.pfx:]
-		switch {
-		case c[0] == 0x0f && c[1]&0xf0 == 0x80:
-			s.Code = []byte{0x70 | c[1]&0x0f, 1}
-		case c[0]&0xf0 == 0x70:
-			s.Code = []byte{c[0], 1}
-		default:
-			if a.in.AddrSize == 32 {
-				s.Code = append(s.Code, 0x67)
-			}
-			s.Code = append(s.Code, c[0], 1)
-		}
-		s.Taken = a.target
+		s.Code, s.Taken = append(shortCond(a), 1), a.target
 	case kCallRel:
 		s.Code, s.Taken, s.Call = []byte{0xe8, 1, 0, 0, 0}, a.target, true
 	case kCallInd, kRIPMem:
@@ -79,9 +63,8 @@ func PlanStep(insn []byte, from, to uint64) (*Step, error) {
 			s.Code = append([]byte(nil), a.raw...)
 			break
 		}
-		if d := rel(a.target, to+uint64(len(a.raw))); fitsRel32(d) && a.in.AddrSize == 64 {
-			s.Code = append([]byte(nil), a.raw...)
-			binary.LittleEndian.PutUint32(s.Code[a.disp:], uint32(d))
+		if b, ok := nearCopy(a, to); ok {
+			s.Code = b
 			break
 		}
 		if a.in.Op == x86asm.LEA {
