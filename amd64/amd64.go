@@ -49,6 +49,7 @@ func ReadCR0() uint64
 func ReadCR2() uint64
 func ReadCR3() uint64
 func ReadCR4() uint64
+func WriteCR2(v uint64)
 func WriteCR3(v uint64)
 func WriteCR4(v uint64)
 
@@ -84,3 +85,41 @@ func Pause()
 
 // Xchg32 atomically swaps *addr and v, returning the old value (a full barrier).
 func Xchg32(addr *uint32, v uint32) uint32
+
+// Debug registers (SDM Vol. 3B, 18.2).
+func ReadDR6() uint64
+func WriteDR6(v uint64)
+func ReadDR7() uint64
+func WriteDR7(v uint64)
+func WriteDR0to3(a0, a1, a2, a3 uint64)
+
+// DR6 and DR7 bits (SDM Vol. 3B, 18.2.3 and 18.2.4).
+const (
+	DR6_B0    = 1 << 0     // breakpoint condition 0 (… B3 = 1<<3)
+	DR6_BD    = 1 << 13    // debug-register access detected
+	DR6_BS    = 1 << 14    // single step
+	DR6_BT    = 1 << 15    // task switch
+	DR6_Reset = 0xffff0ff0 // the value with no condition recorded (RTM bit 16 set: no RTM)
+
+	DR7_L0 = 1 << 0 // local enable for breakpoint 0; Ln = 1 << 2n
+	DR7_GE = 1 << 9 // "exact" breakpoints, recommended by the SDM
+
+	DR7RWExec  = 0 // R/Wn: break on instruction execution (LENn must be 0)
+	DR7RWWrite = 1 // break on data writes
+	DR7RWRead  = 3 // break on data reads or writes
+)
+
+// DR7Breakpoint returns the DR7 bits enabling breakpoint n (0–3) with condition rw and
+// length len (1, 2, 4 or 8 bytes; 1 for execution breakpoints).
+func DR7Breakpoint(n int, rw uint64, length int) uint64 {
+	var lenBits uint64 // 00: 1 byte
+	switch length {
+	case 2:
+		lenBits = 1
+	case 8:
+		lenBits = 2
+	case 4:
+		lenBits = 3
+	}
+	return DR7_L0<<(2*n) | (rw|lenBits<<2)<<(16+4*n)
+}

@@ -160,3 +160,40 @@ TEXT ·Xchg32(SB),NOSPLIT,$0-20
 	XCHGL AX, 0(BX)
 	MOVL AX, ret+16(FP)
 	RET
+
+TEXT ·ReadDR6(SB),NOSPLIT,$0-8
+	MOVQ DR6, AX
+	MOVQ AX, ret+0(FP)
+	RET
+
+TEXT ·WriteDR6(SB),NOSPLIT,$0-8
+	MOVQ v+0(FP), AX
+	MOVQ AX, DR6
+	RET
+
+TEXT ·ReadDR7(SB),NOSPLIT,$0-8
+	MOVQ DR7, AX
+	MOVQ AX, ret+0(FP)
+	RET
+
+TEXT ·WriteDR7(SB),NOSPLIT,$0-8
+	MOVQ v+0(FP), AX
+	MOVQ AX, DR7
+	RET
+
+// WriteDR0to3 loads the four breakpoint address registers.
+TEXT ·WriteDR0to3(SB),NOSPLIT,$0-32
+	MOVQ a0+0(FP), AX
+	MOVQ AX, DR0
+	MOVQ a1+8(FP), AX
+	BYTE $0x0f; BYTE $0x23; BYTE $0xc8   // MOVQ AX, DR1 (not in the Go assembler)
+	MOVQ a2+16(FP), AX
+	BYTE $0x0f; BYTE $0x23; BYTE $0xd0   // MOVQ AX, DR2 (not in the Go assembler)
+	MOVQ a3+24(FP), AX
+	BYTE $0x0f; BYTE $0x23; BYTE $0xd8   // MOVQ AX, DR3 (not in the Go assembler)
+	RET
+
+TEXT ·WriteCR2(SB),NOSPLIT,$0-8
+	MOVQ v+0(FP), AX
+	MOVQ AX, CR2
+	RET

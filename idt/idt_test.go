@@ -5,6 +5,7 @@ import (
 	"unsafe"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func TestGateEncoding(t *testing.T) {
@@ -46,4 +47,68 @@ func TestVectorFacts(t *testing.T) {
 	for _, v := range []int{0, 1, 2, 3, 6, 7, 16, 18, 19, 32, 255} {
 		assert.False(t, HasErrorCode(v), "vector %d", v)
 	}
+}
+
+func TestDefaultConfig(t *testing.T) {
+	c := DefaultConfig()
+	assert.Equal(t, Native, c.Mode)
+	for v := 0; v < 256; v++ {
+		assert.Equal(t, uint8(TypeInterrupt), c.Type[v], "vector %d", v)
+	}
+	assert.Equal(t, uint8(ISTNMI), c.IST[NMI])
+	assert.Equal(t, uint8(ISTDF), c.IST[DoubleFault])
+	assert.Equal(t, uint8(ISTMC), c.IST[MachineCheck])
+	assert.Equal(t, uint8(ISTDB), c.IST[Debug])
+	assert.Equal(t, uint8(ISTBP), c.IST[Breakpoint])
+	assert.Equal(t, uint8(ISTFault), c.IST[PageFault])
+	assert.Equal(t, uint8(ISTIRQ), c.IST[0x30])
+	// Every slot the default uses is distinct for the vectors that may nest in each other.
+	seen := map[uint8]int{}
+	for _, v := range []int{NMI, DoubleFault, MachineCheck, Debug, Breakpoint, PageFault, 0x30} {
+		_, dup := seen[c.IST[v]]
+		assert.False(t, dup, "vector %d shares IST %d", v, c.IST[v])
+		seen[c.IST[v]] = v
+	}
+}
+
+func TestParseConfig(t *testing.T) {
+	for s, want := range map[string]Mode{"native": Native, "pvshim": PVShim, "xenpv": XenPV} {
+		m, e := ParseMode(s)
+		assert.Equal(t, ParseOK, e)
+		assert.Equal(t, want, m)
+		assert.Equal(t, s, m.String())
+	}
+	_, e := ParseMode("pv")
+	assert.Equal(t, ErrMode, e)
+
+	c := DefaultConfig()
+	require.Equal(t, ParseOK, c.ParseGates("3:trap,1:trap,3:intr,255:trap"))
+	assert.Equal(t, uint8(TypeInterrupt), c.Type[3], "the last word for a vector wins")
+	assert.Equal(t, uint8(TypeTrap), c.Type[1])
+	assert.Equal(t, uint8(TypeTrap), c.Type[255])
+	require.Equal(t, ParseOK, c.ParseISTs("3:0,14:7"))
+	assert.Equal(t, uint8(0), c.IST[3])
+	assert.Equal(t, uint8(7), c.IST[14])
+
+	for s, want := range map[string]ParseError{
+		"": ErrSyntax, "3": ErrSyntax, "3:trap,": ErrSyntax, ",3:trap": ErrSyntax,
+		"256:trap": ErrVector, "x:trap": ErrVector, "-1:trap": ErrVector, ":trap": ErrVector,
+		"3:task": ErrGateType, "3:": ErrGateType,
+	} {
+		assert.Equal(t, want, c.ParseGates(s), "idt.gate=%q", s)
+	}
+	for s, want := range map[string]ParseError{"3:8": ErrIST, "3:x": ErrIST, "3:": ErrIST, "1000:1": ErrVector} {
+		assert.Equal(t, want, c.ParseISTs(s), "idt.ist=%q", s)
+	}
+	for _, e := range []ParseError{ErrMode, ErrVector, ErrGateType, ErrIST, ErrSyntax} {
+		assert.NotEqual(t, "ok", e.Error())
+	}
+}
+
+func TestPVVectors(t *testing.T) {
+	for _, v := range []int{Debug, NMI, Breakpoint, GeneralProtection, PageFault} {
+		assert.True(t, IsPV(v), "vector %d", v)
+	}
+	assert.False(t, IsPV(DoubleFault))
+	assert.False(t, IsPV(0x30))
 }

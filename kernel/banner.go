@@ -3,6 +3,7 @@ package kernel
 import (
 	"tracebed/acpi"
 	"tracebed/amd64"
+	"tracebed/idt"
 )
 
 // CPUID feature bits shown in the boot banner (SDM Vol. 2A, CPUID, Tables 3-10, 3-11).
@@ -77,6 +78,23 @@ func banner() {
 	k.s("tracebed: memory free ").dec(int64(pmem.free * pageSize >> 20)).s(" MiB, kernel ").
 		hex(uint64(kernelStart())).s("-").hex(uint64(kernelEnd())).out()
 	k.s("tracebed: cmdline \"").bytes(boot.cmdline[:boot.cmdlen]).s("\"").out()
+	_, hvLeaf := amd64.DetectHypervisor()
+	k.s("tracebed: hypervisor ").s(string(hypervisor))
+	if hvLeaf != 0 {
+		k.s(" (CPUID ").hex(uint64(hvLeaf)).c(')')
+	}
+	k.s("; idt ").s(idtConfig.Mode.String()).s(", trap gates:")
+	ntrap := 0
+	for v := 0; v < 256; v++ {
+		if idtConfig.Type[v] == idt.TypeTrap {
+			k.c(' ').dec(int64(v))
+			ntrap++
+		}
+	}
+	if ntrap == 0 {
+		k.s(" none")
+	}
+	k.out()
 	k.s("tracebed: clock TSC ").dec(int64(tscHz / 1000)).s(" kHz calibrated against PIT channel 0, LAPIC timer ").
 		dec(int64(lapicHz / 1000)).s(" kHz, RTC wall clock ").dec(wallBase / 1e9).out()
 	bannerCPUs()

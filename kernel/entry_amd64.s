@@ -2,13 +2,15 @@
 #include "frame_amd64.h"
 
 // Kernel entry and exit. Every way into the kernel builds one Frame (frame.go) on a kernel
-// stack and calls trap(f) with FS pointing at the CPU's kernel TLS, so Go code finds a g whose
+// stack and calls kernelEntry(f) with FS pointing at the CPU's kernel TLS, so Go code finds a g whose
 // stack bounds are that kernel stack; the way out restores whatever Frame trap left in f —
 // the same context, or another thread's after a switch.
 //
-// Stacks: SYSCALL switches to CPU.kstack by hand (SYSCALL does not switch stacks); interrupts
-// and exceptions arrive on IST stacks chosen by their IDT gates, so a Go goroutine's small
-// stack never receives a hardware frame.
+// Stacks: SYSCALL switches to CPU.kstack by hand (SYSCALL does not switch stacks). Interrupts
+// and exceptions arrive on the IST stacks their gates name; commonEntry then moves the entry
+// words to the kernel stack before anything can nest (the protocol is in package trap's doc):
+// below the interrupted RSP when that lies in this CPU's stack region [CPU.stkLo, CPU.stkHi),
+// at the kernel stack's top otherwise. A Go goroutine's small stack never receives a frame.
 
 // syscallEntry is MSR_LSTAR. SYSCALL put the return RIP in RCX and RFLAGS in R11, and SFMASK
 // cleared IF, TF, DF and AC. GS base permanently points at this CPU's block.
@@ -22,10 +24,53 @@ TEXT ·syscallEntry(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ CX                       // RIP
 	PUSHQ $0                       // error code
 	PUSHQ $VEC_SYSCALL             // vector
-	JMP ·commonEntry(SB)
+	JMP ·saveFrame(SB)             // already at the kernel stack's top
 
-// commonEntry: the vector and error code are on the stack above the hardware frame.
+// commonEntry: the vector and error code are on the stack above the hardware frame, on an IST
+// stack (or the interrupted stack, for a gate without one). Move the nine entry words (with
+// RAX and RBX, saved to have two registers) to where this frame belongs, then save the rest.
+// Each IST slot serves vectors that cannot nest inside each other before this move is done
+// (idt.DefaultConfig), so no entry can overwrite these words while they are being moved.
 TEXT ·commonEntry(SB),NOSPLIT|NOFRAME,$0
+	PUSHQ AX
+	PUSHQ BX
+	MOVQ (8*7)(SP), AX             // the interrupted RSP
+	MOVQ CPU_KSTACK(GS), BX        // a thread was interrupted: the kernel stack's top
+	CMPQ AX, CPU_STKLO(GS)
+	JCS  move
+	CMPQ AX, CPU_STKHI(GS)
+	JCC  move
+	MOVQ AX, BX                    // kernel code was interrupted: just below its RSP
+	ANDQ $~15, BX
+move:
+	SUBQ $(8*ENTRY_WORDS), BX
+	// Copy upwards: the destination is below the source or is the source itself.
+	MOVQ (8*0)(SP), AX
+	MOVQ AX, (8*0)(BX)
+	MOVQ (8*1)(SP), AX
+	MOVQ AX, (8*1)(BX)
+	MOVQ (8*2)(SP), AX
+	MOVQ AX, (8*2)(BX)
+	MOVQ (8*3)(SP), AX
+	MOVQ AX, (8*3)(BX)
+	MOVQ (8*4)(SP), AX
+	MOVQ AX, (8*4)(BX)
+	MOVQ (8*5)(SP), AX
+	MOVQ AX, (8*5)(BX)
+	MOVQ (8*6)(SP), AX
+	MOVQ AX, (8*6)(BX)
+	MOVQ (8*7)(SP), AX
+	MOVQ AX, (8*7)(BX)
+	MOVQ (8*8)(SP), AX
+	MOVQ AX, (8*8)(BX)
+	MOVQ BX, SP
+	POPQ BX
+	POPQ AX
+	JMP ·saveFrame(SB)
+
+// saveFrame: the vector and error code are on the stack above the hardware frame, where the
+// Frame is to be built.
+TEXT ·saveFrame(SB),NOSPLIT|NOFRAME,$0
 	PUSHQ AX
 	PUSHQ BX
 	PUSHQ CX
@@ -47,6 +92,8 @@ TEXT ·commonEntry(SB),NOSPLIT|NOFRAME,$0
 	RDMSR
 	MOVL AX, FRAME_FSBASE(SP)
 	MOVL DX, (FRAME_FSBASE+4)(SP)
+	MOVQ CR2, AX
+	MOVQ AX, FRAME_CR2(SP)
 	MOVQ CPU_KTLS(GS), AX
 	MOVQ AX, DX
 	SHRQ $32, DX
@@ -54,7 +101,7 @@ TEXT ·commonEntry(SB),NOSPLIT|NOFRAME,$0
 	MOVQ SP, BX
 	SUBQ $16, SP
 	MOVQ BX, 0(SP)
-	CALL ·trap(SB)
+	CALL ·kernelEntry(SB)
 	ADDQ $16, SP
 	JMP ·frameReturn(SB)
 

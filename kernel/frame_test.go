@@ -32,6 +32,7 @@ func TestFrameOffsetsMatchAssembly(t *testing.T) {
 	want := map[string]uintptr{
 		"FRAME_FX":     unsafe.Offsetof(fr.FX),
 		"FRAME_FSBASE": unsafe.Offsetof(fr.FSBase),
+		"FRAME_CR2":    unsafe.Offsetof(fr.CR2),
 		"FRAME_R15":    unsafe.Offsetof(fr.R15),
 		"FRAME_RAX":    unsafe.Offsetof(fr.RAX),
 		"FRAME_VECTOR": unsafe.Offsetof(fr.Vector),
@@ -43,6 +44,8 @@ func TestFrameOffsetsMatchAssembly(t *testing.T) {
 		"CPU_KSTACK":   unsafe.Offsetof(c.kstack),
 		"CPU_SCRATCH":  unsafe.Offsetof(c.scratch),
 		"CPU_KTLS":     unsafe.Offsetof(c.ktls),
+		"CPU_STKLO":    unsafe.Offsetof(c.stkLo),
+		"CPU_STKHI":    unsafe.Offsetof(c.stkHi),
 		"VEC_SYSCALL":  VecSyscall,
 		"SEL_CODE":     selCode,
 		"SEL_DATA":     selData,

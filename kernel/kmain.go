@@ -6,6 +6,7 @@ import (
 	"tracebed/amd64"
 	"tracebed/apic"
 	"tracebed/idt"
+	"tracebed/kernel/ktest"
 )
 
 // Boot, from the first Go code to the Go runtime's entry point. kmain runs on the boot stack
@@ -13,9 +14,10 @@ import (
 // once the runtime has started.
 
 var (
-	boot     bootInfo
-	idtTable idt.Table
-	bootTime struct{ calibrated, runtime int64 } // ns on the monotonic clock
+	boot       bootInfo
+	hypervisor amd64.Hypervisor // from CPUID (leaf 0x40000000 and up)
+	idtTable   idt.Table
+	bootTime   struct{ calibrated, runtime int64 } // ns on the monotonic clock
 )
 
 const (
@@ -44,6 +46,8 @@ func kmain(startInfo uintptr) {
 	}
 	c := initCPU(0, lapic.ID())
 	loadCPU(c)
+	hypervisor, _ = amd64.DetectHypervisor()
+	parseIDTConfig()
 	setupIDT()
 	loadIDT(c)
 	initMemory()
@@ -70,19 +74,60 @@ func kmain(startInfo uintptr) {
 	startRuntime(c)
 }
 
+// idtConfig is the gate type and IST slot of every vector and the stub mode, from the command
+// line (idt=, idt.gate=, idt.ist=; package idt documents them).
+var idtConfig idt.Config
+
+// Stub sets in stubTable (gen_stubs.sh).
+const (
+	stubsNative = 0
+	stubsPV     = 256
+	stubsShim   = 512
+)
+
+// parseIDTConfig reads the idt parameters; a bad one is fatal, in one line.
+func parseIDTConfig() {
+	idtConfig = idt.DefaultConfig()
+	e := idt.ParseOK
+	if v, ok := cmdlineValue("idt"); ok {
+		idtConfig.Mode, e = idt.ParseMode(v)
+	}
+	if v, ok := cmdlineValue("idt.gate"); ok && e == idt.ParseOK {
+		e = idtConfig.ParseGates(v)
+	}
+	if v, ok := cmdlineValue("idt.ist"); ok && e == idt.ParseOK {
+		e = idtConfig.ParseISTs(v)
+	}
+	if e != idt.ParseOK {
+		var k kbuf
+		k.s("tracebed: fatal: ").s(e.Error()).out()
+		debugExit(ktest.ExitFatal)
+	}
+	if idtConfig.Mode == idt.XenPV && hypervisor != amd64.HVXen {
+		var k kbuf
+		k.s("tracebed: fatal: idt=xenpv needs Xen to build PV exception frames, but CPUID reports ").
+			s(string(hypervisor)).s("; use idt=pvshim to run the PV stubs here").out()
+		debugExit(ktest.ExitFatal)
+	}
+}
+
+// setupIDT fills the shared IDT from idtConfig.
 func setupIDT() {
 	for v := 0; v < 256; v++ {
-		ist := uint8(istIRQ)
-		switch {
-		case v == idt.NMI:
-			ist = istNMI
-		case v == idt.DoubleFault:
-			ist = istDF
-		case v < 32:
-			ist = istFault
-		}
-		idtTable[v].Set(uint64(stubAddr(v)), selCode, ist, idt.TypeInterrupt, 0)
+		setGate(v, idtConfig.Type[v], idtConfig.IST[v])
 	}
+}
+
+// setGate points vector v's gate at the stub idtConfig.Mode selects for it.
+func setGate(v int, typ, ist uint8) {
+	stub := stubAddr(stubsNative + v)
+	switch {
+	case idtConfig.Mode == idt.PVShim && idt.IsPV(v):
+		stub = stubAddr(stubsShim + v)
+	case idtConfig.Mode == idt.XenPV && idt.IsPV(v):
+		stub = stubAddr(stubsPV + v)
+	}
+	idtTable[v].Set(uint64(stub), selCode, ist, typ, 0)
 }
 
 // loadIDT makes the running CPU use the shared IDT.

@@ -1,6 +1,10 @@
 package kernel
 
-import "unsafe"
+import (
+	"unsafe"
+
+	"tracebed/idt"
+)
 
 // Per-CPU state. Each CPU's GS base points at its CPU block for good (Go code uses FS, never
 // GS, so no SWAPGS is needed). While the CPU is in the kernel its FS base points at CPU.tls, so
@@ -17,41 +21,35 @@ import "unsafe"
 // MaxCPUs bounds the CPUs the kernel drives.
 const MaxCPUs = 16
 
-// Kernel stack sizes.
+// Kernel stack sizes. The kernel stack holds every frame and every handler (trap handlers
+// nest on it, each below the one it interrupted); an IST stack holds an entry for the few
+// instructions that move it, and the handlers of traps that interrupt those instructions (an
+// interrupt inside a trap gate's move, say), hence a few KiB each rather than a few words.
 const (
 	guardBytes  = 4 << 10
-	kstackBytes = 64 << 10 // SYSCALL entries and the idle loop
-	irqBytes    = 32 << 10 // IST1: external interrupts and IPIs
-	faultBytes  = 32 << 10 // IST2: exceptions
-	nmiBytes    = 16 << 10 // IST3: NMI
-	dfBytes     = 16 << 10 // IST4: double fault
+	kstackBytes = 96 << 10
+	istBytes    = 8 << 10
+	dfBytes     = 16 << 10 // the double fault's handler runs on its IST stack
 )
 
-// IST slots (TSS.IST index, 1-based as in the IDT gate).
-const (
-	istIRQ   = 1
-	istFault = 2
-	istNMI   = 3
-	istDF    = 4
-)
-
+// cpuStacks is one CPU's stack region: everything above guard is [CPU.stkLo, CPU.stkHi).
 type cpuStacks struct {
 	guard  [guardBytes]byte
 	kstack [kstackBytes]byte
-	irq    [irqBytes]byte
-	fault  [faultBytes]byte
-	nmi    [nmiBytes]byte
+	ist    [idt.NumIST - 1][istBytes]byte // IST slots other than ISTDF
 	df     [dfBytes]byte
 }
 
 var stacks [MaxCPUs]cpuStacks
 
-// CPU is the per-CPU block. The first four fields are read by assembly (frame_amd64.h).
+// CPU is the per-CPU block. The first six fields are read by assembly (frame_amd64.h).
 type CPU struct {
 	self    uintptr // CPU_SELF
-	kstack  uintptr // CPU_KSTACK: top of the SYSCALL stack
+	kstack  uintptr // CPU_KSTACK: top of the kernel stack, where a thread's frame is built
 	scratch uintptr // CPU_SCRATCH: the interrupted RSP during SYSCALL entry
 	ktls    uintptr // CPU_KTLS: FS base while in the kernel
+	stkLo   uintptr // CPU_STKLO, CPU_STKHI: this CPU's stack region (kernel and IST stacks)
+	stkHi   uintptr
 
 	id      int
 	apicID  uint32
@@ -104,10 +102,17 @@ func initCPU(i int, apicID uint32) *CPU {
 	c.g[3] = lo + guardBytes
 	c.tls[0] = uintptr(unsafe.Pointer(&c.g[0]))
 	c.ktls = uintptr(unsafe.Pointer(&c.tls[1]))
-	c.tss.setIST(istIRQ, top(s.irq[:]))
-	c.tss.setIST(istFault, top(s.fault[:]))
-	c.tss.setIST(istNMI, top(s.nmi[:]))
-	c.tss.setIST(istDF, top(s.df[:]))
+	c.stkLo = uintptr(unsafe.Pointer(&s.kstack[0]))
+	c.stkHi = uintptr(unsafe.Pointer(s)) + unsafe.Sizeof(*s)
+	j := 0
+	for slot := 1; slot <= idt.NumIST; slot++ {
+		if slot == idt.ISTDF {
+			c.tss.setIST(slot, top(s.df[:]))
+			continue
+		}
+		c.tss.setIST(slot, top(s.ist[j][:]))
+		j++
+	}
 	c.tss.setRSP0(c.kstack)
 	return c
 }

@@ -31,8 +31,8 @@ import "tracebed/apic"
 // Per-CPU data lives in CPU.
 //
 // Stacks: the idle loop runs on the kernel stack (only SYSCALL paths block or exit; an
-// interrupt reschedules only through yield, which always finds the thread it just queued), so
-// interrupts taken while idling land on the IST stacks without overwriting a live frame.
+// interrupt reschedules only through yield), so interrupts taken while idling build their
+// frames below the idle loop's RSP (commonEntry), never over a frame at the stack's top.
 
 // MaxThreads bounds the threads the runtime may create.
 const MaxThreads = 256
@@ -244,15 +244,17 @@ func (c *CPU) yield(f *Frame) {
 	c.reschedule(f)
 }
 
-// timerInterrupt wakes sleepers and preempts a thread whose slice is over.
-// Trap context (IST1, interrupts off).
+// timerInterrupt wakes sleepers and preempts a thread whose slice is over. A timer taken
+// inside a trap handler (through a trap gate) finds kernel code under it, not the thread, and
+// never switches.
+// Trap context (interrupts off).
 func (c *CPU) timerInterrupt(f *Frame) {
 	lapic.EOI()
 	c.ticks++
 	klock.lock()
 	now := nanotime()
 	wakeExpired(now)
-	if c.current >= 0 && now >= c.sliceEnd {
+	if c.current >= 0 && now >= c.sliceEnd && c.threadFrame(f) {
 		if rqLen > 0 {
 			c.yield(f)
 		} else {

@@ -2,16 +2,22 @@ package kernel
 
 import (
 	"sync/atomic"
+	"unsafe"
 
 	"tracebed/amd64"
 	"tracebed/idt"
 	"tracebed/kernel/ktest"
+	"tracebed/trap"
 )
 
-// trap is called by commonEntry for every kernel entry with the saved Frame.
-// Trap context: interrupts off, on a kernel or IST stack, g = the CPU's kernel g.
-func trap(f *Frame) {
+// kernelEntry is called by saveFrame for every kernel entry with the saved Frame. The kernel
+// handles system calls, its interrupts and NMIs itself and gives every other vector to
+// trap.Dispatch; what nobody handles is fatal.
+// Trap context: on the CPU's kernel stack (or the #DF IST stack), g = the CPU's kernel g,
+// interrupts as the gate left them.
+func kernelEntry(f *Frame) {
 	c := thisCPU()
+	trap.Enter(c.id, f.Vector)
 	switch v := f.Vector; {
 	case v == VecSyscall:
 		c.syscall(f)
@@ -28,13 +34,34 @@ func trap(f *Frame) {
 		atomic.AddUint64(&c.testIPIs, 1)
 		lapic.EOI()
 	case v == idt.NMI:
-		// Counted and dismissed: NMIs are sent by tests (and, later, the watchdog).
-		atomic.AddUint64(&c.nmis, 1)
+		c.nmi(f)
 	case v == vecSpurious:
 		// no EOI for a spurious interrupt (SDM Vol. 3A, 10.9)
 	default:
-		fatalTrap(c, f)
+		if !trap.Dispatch(c.id, f) {
+			fatalTrap(c, f)
+		}
 	}
+	trap.Exit(c.id)
+}
+
+// nmi counts an NMI and gives it to a registered handler, if any. An NMI can arrive between a
+// #PF and its entry's read of CR2, and its handler may fault (a fault-safe read): CR2 is put
+// back as it was. Trap context.
+func (c *CPU) nmi(f *Frame) {
+	cr2 := amd64.ReadCR2()
+	atomic.AddUint64(&c.nmis, 1)
+	trap.Dispatch(c.id, f)
+	if amd64.ReadCR2() != cr2 {
+		amd64.WriteCR2(cr2)
+	}
+}
+
+// threadFrame reports whether f holds the registers of an interrupted thread (it is at the
+// kernel stack's top) rather than of interrupted kernel code: only then may the scheduler
+// switch threads on this entry. Trap context.
+func (c *CPU) threadFrame(f *Frame) bool {
+	return uintptr(unsafe.Pointer(f)) == c.kstack-unsafe.Sizeof(Frame{})
 }
 
 // fatalTrap reports an exception the kernel cannot handle and ends the run with the fatal
@@ -50,7 +77,7 @@ func fatalTrap(c *CPU, f *Frame) {
 	}
 	k.out()
 	k.s("tracebed: fatal RIP ").hex(f.RIP).s(" RSP ").hex(f.RSP).s(" RFLAGS ").hex(f.RFLAGS).
-		s(" CR2 ").hex(amd64.ReadCR2()).s(" FS ").hex(f.FSBase).out()
+		s(" CR2 ").hex(f.CR2).s(" FS ").hex(f.FSBase).out()
 	k.s("tracebed: fatal RAX ").hex(f.RAX).s(" RBX ").hex(f.RBX).s(" RCX ").hex(f.RCX).
 		s(" RDX ").hex(f.RDX).s(" RSI ").hex(f.RSI).s(" RDI ").hex(f.RDI).out()
 	k.s("tracebed: fatal RBP ").hex(f.RBP).s(" R8 ").hex(f.R8).s(" R9 ").hex(f.R9).
