@@ -9,6 +9,7 @@ func frameReturn()
 func enterFrame(f *Frame)
 func kernelStart() uintptr
 func kernelEnd() uintptr
+func kernelTextEnd() uintptr
 func stubAddr(v int) uintptr
 func syscallEntryAddr() uintptr
 func rt0Addr() uintptr

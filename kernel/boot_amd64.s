@@ -171,3 +171,9 @@ TEXT ·apEntry(SB),NOSPLIT|NOFRAME,$0
 aphalt:
 	HLT
 	JMP aphalt
+
+// kernelTextEnd returns the first address past the kernel's text.
+TEXT ·kernelTextEnd(SB),NOSPLIT,$0-8
+	LEAQ runtime·etext(SB), AX
+	MOVQ AX, ret+0(FP)
+	RET

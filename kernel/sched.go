@@ -75,7 +75,8 @@ type Thread struct {
 	timeoutRet uint64
 	futex      uint64
 	epfd       int32
-	cpu        int32
+	cpu        int32 // the CPU it last ran on
+	pin        int32 // the only CPU it may run on, -1 for any (PinCPU)
 }
 
 var (
@@ -101,17 +102,25 @@ func enqueue(i int32) {
 	rqLen++
 }
 
-func dequeue() int32 {
-	i := rqHead
-	if i < 0 {
-		return -1
+// dequeue takes the first queued thread CPU c may run (one not pinned to another CPU).
+func (c *CPU) dequeue() int32 {
+	prev := int32(-1)
+	for i := rqHead; i >= 0; prev, i = i, threads[i].next {
+		if p := threads[i].pin; p >= 0 && p != int32(c.id) {
+			continue
+		}
+		if prev < 0 {
+			rqHead = threads[i].next
+		} else {
+			threads[prev].next = threads[i].next
+		}
+		if rqTail == i {
+			rqTail = prev
+		}
+		rqLen--
+		return i
 	}
-	rqHead = threads[i].next
-	if rqHead < 0 {
-		rqTail = -1
-	}
-	rqLen--
-	return i
+	return -1
 }
 
 // newThread takes a free Thread slot and gives it a TID; -1 when none is left.
@@ -119,7 +128,7 @@ func newThread() int32 {
 	for i := int32(0); i < MaxThreads; i++ {
 		t := &threads[i]
 		if t.state == thFree {
-			*t = Thread{tid: nextTID, next: -1, epfd: -1}
+			*t = Thread{tid: nextTID, next: -1, epfd: -1, pin: -1}
 			nextTID++
 			if i >= nthreads {
 				nthreads = i + 1
@@ -139,7 +148,11 @@ func wake(i int32, ret uint64) {
 	t.wait = waitNone
 	t.deadline = 0
 	enqueue(i)
-	kickIdle(t.cpu)
+	if t.pin >= 0 {
+		kickIdle(t.pin)
+	} else {
+		kickIdle(t.cpu)
+	}
 }
 
 // wakeExpired wakes every thread whose deadline has passed.
@@ -204,7 +217,7 @@ func (c *CPU) reschedule(f *Frame) {
 	c.current = -1
 	for {
 		wakeExpired(nanotime())
-		if i := dequeue(); i >= 0 {
+		if i := c.dequeue(); i >= 0 {
 			c.resume(i, f)
 			c.armTimer()
 			return
@@ -232,15 +245,20 @@ func (c *CPU) block(f *Frame, kind uint32, deadline int64, timeoutRet uint64) {
 	c.reschedule(f)
 }
 
-// yield puts the current thread at the tail of the run queue if another is waiting.
+// yield puts the current thread at the tail of the run queue if another is waiting, or if
+// it is pinned to another CPU (it then moves there).
 func (c *CPU) yield(f *Frame) {
-	if rqLen == 0 {
+	t := &threads[c.current]
+	away := t.pin >= 0 && t.pin != int32(c.id)
+	if rqLen == 0 && !away {
 		return
 	}
-	t := &threads[c.current]
 	t.frame = *f
 	t.state = thRunnable
 	enqueue(c.current)
+	if away {
+		kickIdle(t.pin)
+	}
 	c.reschedule(f)
 }
 

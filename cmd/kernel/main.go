@@ -12,10 +12,10 @@ import (
 	"tracebed/kernel/suites"
 )
 
-var all = []ktest.Suite{suites.Runtime, suites.SMP, suites.Hang, suites.Fault}
+var all = []ktest.Suite{suites.Runtime, suites.SMP, suites.Traps, suites.Hang, suites.Fault}
 
 // defaults run when the command line names no suite.
-var defaults = []string{"runtime", "smp"}
+var defaults = []string{"runtime", "smp", "traps"}
 
 func main() {
 	var names []string

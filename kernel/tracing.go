@@ -1,0 +1,92 @@
+package kernel
+
+import (
+	"syscall"
+
+	"tracebed/amd64"
+	"tracebed/idt"
+)
+
+// What the in-kernel suites that exercise traps need from the kernel: running on a chosen CPU,
+// switching a gate's type, a timer interrupt on demand, and facts about the address space.
+// All of it is called from goroutine code.
+
+// PinCPU makes the calling thread run on CPU n only, and returns once it does. Call it with
+// the goroutine locked to its thread (runtime.LockOSThread). false if n is not online.
+func PinCPU(n int) bool {
+	if n < 0 || n >= ncpuOnline {
+		return false
+	}
+	setPin(int32(n))
+	for thisCPU().id != n {
+		syscall.Syscall(syscall.SYS_SCHED_YIELD, 0, 0, 0)
+	}
+	return true
+}
+
+// UnpinCPU lets the calling thread run anywhere again.
+func UnpinCPU() { setPin(-1) }
+
+func setPin(n int32) {
+	fl := amd64.DisableInterrupts()
+	klock.lock()
+	threads[thisCPU().current].pin = n
+	klock.unlock()
+	amd64.RestoreInterrupts(fl)
+}
+
+// SetGateType makes vector v's gate an interrupt gate (idt.TypeInterrupt) or a trap gate
+// (idt.TypeTrap) on every CPU (the IDT is shared) and returns the type it had.
+func SetGateType(v int, typ uint8) uint8 {
+	g := &idtTable[v]
+	prev := g.Type()
+	setGate(v, typ, g.IST())
+	return prev
+}
+
+// IDTMode is the entry-stub mode chosen at boot (idt=).
+func IDTMode() idt.Mode { return idtConfig.Mode }
+
+// HypervisorName is what CPUID reports (amd64.DetectHypervisor).
+func HypervisorName() amd64.Hypervisor { return hypervisor }
+
+// FireTimerIn arms this CPU's timer to interrupt in about ns nanoseconds; the timer
+// interrupt re-arms it for the scheduler as usual. Call with interrupts off, or from trap
+// context, so that the CPU is known.
+func FireTimerIn(ns int64) {
+	ticks := uint64(ns) * lapicHz / 1e9
+	if ticks == 0 {
+		ticks = 1
+	}
+	lapic.OneShot(vecTimer, uint32(ticks))
+}
+
+// KernelImage is the kernel's loaded image: text, data and BSS, mapped for good.
+func KernelImage() (start, end uintptr) { return kernelStart(), kernelEnd() }
+
+// KernelText is the kernel's text: mapped for good, and never written.
+func KernelText() (start, end uintptr) { return kernelStart(), kernelTextEnd() }
+
+// VecTimer is the vector of the LAPIC timer interrupt (counted by package trap).
+const VecTimer = vecTimer
+
+// UnmappedBase is the start of an address range the kernel never maps: the upper canonical
+// half, 2^47 bytes of canonical addresses whose reads fault with #PF.
+const UnmappedBase = 0xffff_8000_0000_0000
+
+// Mapped reports whether va is mapped now (the answer may change right after for addresses
+// the runtime maps and unmaps).
+func Mapped(va uintptr) bool {
+	fl := amd64.DisableInterrupts()
+	klock.lock()
+	_, _, ok := kpt.lookup(uint64(va))
+	klock.unlock()
+	amd64.RestoreInterrupts(fl)
+	return ok
+}
+
+// StackRegion is CPU n's stack region (kernel and IST stacks), where trap frames live.
+func StackRegion(n int) (lo, hi uintptr) { return cpus[n].stkLo, cpus[n].stkHi }
+
+// PVPoison is what the pvshim stubs leave in RCX and R11 (frame_amd64.h: PV_POISON).
+const PVPoison = 0x7e57dead0000c0de
