@@ -47,6 +47,7 @@ func TestFrameOffsetsMatchAssembly(t *testing.T) {
 		"CPU_STKLO":    unsafe.Offsetof(c.stkLo),
 		"CPU_STKHI":    unsafe.Offsetof(c.stkHi),
 		"VEC_SYSCALL":  VecSyscall,
+		"PV_POISON":    PVPoison,
 		"SEL_CODE":     selCode,
 		"SEL_DATA":     selData,
 	}
