@@ -10,6 +10,7 @@ func enterFrame(f *Frame)
 func kernelStart() uintptr
 func kernelEnd() uintptr
 func kernelTextEnd() uintptr
+func pclntab() (start, end uintptr)
 func stubAddr(v int) uintptr
 func syscallEntryAddr() uintptr
 func rt0Addr() uintptr

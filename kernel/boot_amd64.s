@@ -177,3 +177,11 @@ TEXT ·kernelTextEnd(SB),NOSPLIT,$0-8
 	LEAQ runtime·etext(SB), AX
 	MOVQ AX, ret+0(FP)
 	RET
+
+// pclntab returns the bounds of the Go pclntab (the symbol table the runtime reads).
+TEXT ·pclntab(SB),NOSPLIT,$0-16
+	LEAQ runtime·pclntab(SB), AX
+	MOVQ AX, start+0(FP)
+	LEAQ runtime·epclntab(SB), AX
+	MOVQ AX, end+8(FP)
+	RET

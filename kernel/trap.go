@@ -83,19 +83,42 @@ func fatalTrap(c *CPU, f *Frame) {
 	k.s("tracebed: fatal RBP ").hex(f.RBP).s(" R8 ").hex(f.R8).s(" R9 ").hex(f.R9).
 		s(" R10 ").hex(f.R10).s(" R11 ").hex(f.R11).s(" R12 ").hex(f.R12).out()
 	k.s("tracebed: fatal R13 ").hex(f.R13).s(" R14 ").hex(f.R14).s(" R15 ").hex(f.R15).out()
-	// Frame-pointer walk: Go keeps RBP chains on amd64. The host symbolizes these PCs.
-	k.s("tracebed: fatal stack ").hex(f.RIP)
+	// Frame-pointer walk: Go keeps RBP chains on amd64. The host symbolizes these PCs too.
+	var pcs [17]uint64
+	n := 0
+	pcs[n], n = f.RIP, 1
 	bp := f.RBP
-	for i := 0; i < 16 && bp >= identityTop && bp < userTop && bp%8 == 0; i++ {
+	for n < len(pcs) && bp >= identityTop && bp < userTop && bp%8 == 0 {
 		if _, _, ok := kpt.lookup(bp); !ok {
 			break
 		}
 		if _, _, ok := kpt.lookup(bp + 8); !ok {
 			break
 		}
-		k.c(' ').hex(*u64(bp + 8))
+		pcs[n] = *u64(bp + 8)
+		n++
 		bp = *u64(bp)
 	}
+	k.s("tracebed: fatal stack")
+	for _, pc := range pcs[:n] {
+		k.c(' ').hex(pc)
+	}
 	k.out()
+	// The same frames named from the kernel's own pclntab, for consoles no host reads.
+	lo, hi := pclntab()
+	tab, ok := trap.NewTable(unsafe.Slice((*byte)(unsafe.Pointer(lo)), hi-lo), kernelStart())
+	for i, pc := range pcs[:n] {
+		look := uintptr(pc)
+		if i > 0 {
+			look-- // a return address: name the call before it
+		}
+		if !ok {
+			break
+		}
+		if fn, file, line, found := tab.Lookup(look); found {
+			k.s("tracebed: fatal frame ").dec(int64(i)).c(' ').hex(pc).c(' ').s(fn).c(' ').s(file).
+				c(':').dec(int64(line)).out()
+		}
+	}
 	debugExit(ktest.ExitFatal)
 }

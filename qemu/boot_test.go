@@ -99,6 +99,12 @@ func TestFaultIsDetected(t *testing.T) {
 	assert.Contains(t, tail, "CR2 0xdeadbee000")
 	require.NotEmpty(t, rep.Stack)
 	assert.Contains(t, strings.Join(rep.Stack, "\n"), "tracebed/kernel/suites", "the stack is symbolized")
+	// The kernel names the same frames itself, from its own pclntab.
+	assert.Regexp(t, `tracebed: fatal frame 0 0x[0-9a-f]+ tracebed/kernel/suites\.\S+ \S+/kernel/suites/broken\.go:\d+`, tail)
+	fields := strings.Fields(rep.Stack[0]) // "pc function file:line"
+	require.Len(t, fields, 3)
+	assert.Contains(t, tail, "tracebed: fatal frame 0 "+fields[0]+" "+fields[1]+" "+fields[2],
+		"kernel and host agree on the faulting frame")
 }
 
 func TestBadCommandLineFails(t *testing.T) {
