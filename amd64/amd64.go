@@ -1,8 +1,9 @@
-// Package amd64 holds the CPU primitives the kernel is built from: CPUID, MSRs, control
-// registers, port I/O, the TSC and interrupt-flag control.
+// Package amd64 holds the CPU primitives the kernel is built from: CPUID, MSRs, control and
+// debug registers, port I/O, the TSC, interrupt-flag control, and the encodings and checks
+// that go with them (DR7 fields, canonical addresses, hypervisor signatures).
 //
-// Every function here is a leaf written in assembly, safe in trap context (no stack growth,
-// no allocation) and usable before the Go runtime has started.
+// Every function here is an assembly leaf or plain Go that neither allocates nor locks: safe
+// in trap context and usable before the Go runtime has started.
 package amd64
 
 // Model-specific registers (Intel SDM Vol. 4, Table 2-2).
@@ -123,3 +124,7 @@ func DR7Breakpoint(n int, rw uint64, length int) uint64 {
 	}
 	return DR7_L0<<(2*n) | (rw|lenBits<<2)<<(16+4*n)
 }
+
+// Canonical reports whether va has bits 63..47 all equal (SDM Vol. 1, 3.3.7.1): other
+// addresses raise #GP (#SS through RSP/RBP) when used.
+func Canonical(va uint64) bool { return uint64(int64(va<<16)>>16) == va }

@@ -1,5 +1,7 @@
 package idt
 
+import "strings"
+
 // Boot-time choice of entry stubs, gate types and IST slots, from the kernel command line:
 //
 //	idt=native|pvshim|xenpv   which entry stubs the PV vectors use (see Mode)
@@ -156,42 +158,29 @@ func (c *Config) ParseISTs(s string) ParseError {
 }
 
 // eachPair calls fn for each VECTOR:VALUE of a comma-separated list, stopping at an error.
+// strings.Cut only slices: safe before the runtime starts.
 func eachPair(s string, fn func(v int, val string) ParseError) ParseError {
-	if s == "" {
-		return ErrSyntax
-	}
-	for len(s) > 0 {
-		item := s
-		rest := ""
-		for i := 0; i < len(s); i++ {
-			if s[i] == ',' {
-				item, rest = s[:i], s[i+1:]
-				if rest == "" {
-					return ErrSyntax
-				}
-				break
-			}
-		}
-		colon := -1
-		for i := 0; i < len(item); i++ {
-			if item[i] == ':' {
-				colon = i
-				break
-			}
-		}
-		if colon < 0 {
+	for {
+		item, rest, more := strings.Cut(s, ",")
+		vs, val, ok := strings.Cut(item, ":")
+		if !ok {
 			return ErrSyntax
 		}
-		v, ok := decimal(item[:colon])
+		v, ok := decimal(vs)
 		if !ok || v > 255 {
 			return ErrVector
 		}
-		if e := fn(v, item[colon+1:]); e != ParseOK {
+		if e := fn(v, val); e != ParseOK {
 			return e
+		}
+		if !more {
+			return ParseOK
+		}
+		if rest == "" {
+			return ErrSyntax
 		}
 		s = rest
 	}
-	return ParseOK
 }
 
 // decimal parses a short unsigned decimal number.

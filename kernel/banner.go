@@ -78,7 +78,6 @@ func banner() {
 	k.s("tracebed: memory free ").dec(int64(pmem.free * pageSize >> 20)).s(" MiB, kernel ").
 		hex(uint64(kernelStart())).s("-").hex(uint64(kernelEnd())).out()
 	k.s("tracebed: cmdline \"").bytes(boot.cmdline[:boot.cmdlen]).s("\"").out()
-	_, hvLeaf := amd64.DetectHypervisor()
 	k.s("tracebed: hypervisor ").s(string(hypervisor))
 	if hvLeaf != 0 {
 		k.s(" (CPUID ").hex(uint64(hvLeaf)).c(')')

@@ -1,10 +1,11 @@
 package kernel
 
 import (
-	"sync/atomic"
 	"time"
 
 	"tracebed/amd64"
+	"tracebed/idt"
+	"tracebed/trap"
 )
 
 // Read-only views of kernel state for Go code running on the hosted runtime (same address
@@ -57,17 +58,18 @@ type CPUStats struct {
 	NMIs         uint64
 }
 
-// CPUStat returns CPU i's counters (read without locks: each is a word its CPU updates).
+// CPUStat returns CPU i's counters (read without locks: each is a word its CPU updates; the
+// per-vector ones come from package trap, which counts every entry).
 func CPUStat(i int) CPUStats {
 	if i < 0 || i >= ncpuOnline {
 		return CPUStats{}
 	}
 	c := &cpus[i]
 	return CPUStats{
-		APICID: c.apicID, StartNs: c.startNs, Ticks: c.ticks, Switches: c.switches,
-		Idles: c.idles, WakeIPIs: c.wakeIPIs, WakeIPIsSent: c.wakeIPIsSent,
-		FlushIPIs: c.flushIPIs, Shootdowns: c.shootdowns,
-		TestIPIs: atomic.LoadUint64(&c.testIPIs), NMIs: atomic.LoadUint64(&c.nmis),
+		APICID: c.apicID, StartNs: c.startNs, Ticks: trap.Count(i, vecTimer), Switches: c.switches,
+		Idles: c.idles, WakeIPIs: trap.Count(i, vecWake), WakeIPIsSent: c.wakeIPIsSent,
+		FlushIPIs: trap.Count(i, vecFlush), Shootdowns: c.shootdowns,
+		TestIPIs: trap.Count(i, vecTest), NMIs: trap.Count(i, idt.NMI),
 	}
 }
 

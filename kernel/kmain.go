@@ -16,6 +16,7 @@ import (
 var (
 	boot       bootInfo
 	hypervisor amd64.Hypervisor // from CPUID (leaf 0x40000000 and up)
+	hvLeaf     uint32           // the CPUID leaf that named it, 0 for none
 	idtTable   idt.Table
 	bootTime   struct{ calibrated, runtime int64 } // ns on the monotonic clock
 )
@@ -46,7 +47,7 @@ func kmain(startInfo uintptr) {
 	}
 	c := initCPU(0, lapic.ID())
 	loadCPU(c)
-	hypervisor, _ = amd64.DetectHypervisor()
+	hypervisor, hvLeaf = amd64.DetectHypervisor()
 	parseIDTConfig()
 	setupIDT()
 	loadIDT(c)

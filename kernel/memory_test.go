@@ -124,14 +124,6 @@ func TestPageTableHugePagesAndExhaustion(t *testing.T) {
 	assert.Equal(t, ptNoMemory, r)
 }
 
-func TestCanonical(t *testing.T) {
-	assert.True(t, canonical(0))
-	assert.True(t, canonical(0x7fff_ffff_ffff))
-	assert.False(t, canonical(0x8000_0000_0000))
-	assert.True(t, canonical(0xffff_8000_0000_0000))
-	assert.False(t, canonical(0x0001_0000_0000_0000))
-}
-
 func TestRegionSetAgainstModel(t *testing.T) {
 	// Random adds and removes on a small page universe, checked against a bitmap model.
 	r := rand.New(rand.NewSource(7))

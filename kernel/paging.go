@@ -1,6 +1,10 @@
 package kernel
 
-import "unsafe"
+import (
+	"unsafe"
+
+	"tracebed/amd64"
+)
 
 // Page-table entry bits (SDM Vol. 3A, 4.5, Tables 4-14..4-20).
 const (
@@ -31,16 +35,13 @@ type pageTable struct {
 	alloc *frames
 }
 
-// canonical reports whether va has bits 63..47 all equal (SDM Vol. 1, 3.3.7.1).
-func canonical(va uint64) bool { return uint64(int64(va<<16)>>16) == va }
-
 func table(pa uint64) *[512]uint64 { return (*[512]uint64)(unsafe.Pointer(uintptr(pa & pteAddr))) }
 
 func ptIndex(va uint64, level uint) uint64 { return (va >> (12 + 9*level)) & 511 }
 
 // entry returns the level-0 (4 KiB) entry for va, creating tables when create is set.
 func (pt *pageTable) entry(va uint64, create bool) (*uint64, int) {
-	if !canonical(va) {
+	if !amd64.Canonical(va) {
 		return nil, ptNonCanonical
 	}
 	t := table(pt.root)
@@ -94,7 +95,7 @@ func (pt *pageTable) unmapPage(va uint64) (uint64, bool) {
 
 // lookup translates va, following 1 GiB and 2 MiB pages too.
 func (pt *pageTable) lookup(va uint64) (pa, flags uint64, ok bool) {
-	if !canonical(va) {
+	if !amd64.Canonical(va) {
 		return 0, 0, false
 	}
 	t := table(pt.root)

@@ -4,6 +4,7 @@ import (
 	"unsafe"
 
 	"tracebed/idt"
+	"tracebed/trap"
 )
 
 // Per-CPU state. Each CPU's GS base points at its CPU block for good (Go code uses FS, never
@@ -18,8 +19,8 @@ import (
 // pointer stores into the heap or globals after the runtime has started (no write barriers),
 // no blocking on runtime primitives, no panics. State is held in fixed arrays of plain values.
 
-// MaxCPUs bounds the CPUs the kernel drives.
-const MaxCPUs = 16
+// MaxCPUs bounds the CPUs the kernel drives (package trap keeps per-CPU state for as many).
+const MaxCPUs = trap.MaxCPUs
 
 // Kernel stack sizes. The kernel stack holds every frame and every handler (trap handlers
 // nest on it, each below the one it interrupted); an IST stack holds an entry for the few
@@ -62,16 +63,12 @@ type CPU struct {
 
 	sliceEnd int64 // when the running thread's time slice ends (ns)
 
-	// Counters, written only by this CPU.
-	ticks        uint64 // timer interrupts
+	// Counters, written only by this CPU. Entries by vector (timer, IPIs, NMIs) are counted
+	// by package trap (trap.Count).
 	switches     uint64 // threads loaded
 	idles        uint64 // halts in the idle loop
-	wakeIPIs     uint64 // wake IPIs received
 	wakeIPIsSent uint64
-	flushIPIs    uint64 // TLB flush IPIs received
 	shootdowns   uint64 // TLB shootdowns initiated
-	testIPIs     uint64 // IPIs sent by tests (vecTest)
-	nmis         uint64
 
 	g   [32]uintptr // the kernel g: stack.lo, stack.hi, stackguard0, stackguard1, zero rest
 	tls [2]uintptr  // tls[0] = &g; ktls = &tls[1]

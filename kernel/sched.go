@@ -190,7 +190,13 @@ func (c *CPU) armTimer() {
 	if delta < 2000 {
 		delta = 2000
 	}
-	ticks := uint64(delta) * lapicHz / 1e9
+	timerIn(delta)
+}
+
+// timerIn arms this CPU's one-shot timer for about ns from now (at least one LAPIC tick, at
+// most the 32-bit counter's range).
+func timerIn(ns int64) {
+	ticks := uint64(ns) * lapicHz / 1e9
 	if ticks > 0xffffffff {
 		ticks = 0xffffffff
 	}
@@ -268,7 +274,6 @@ func (c *CPU) yield(f *Frame) {
 // Trap context (interrupts off).
 func (c *CPU) timerInterrupt(f *Frame) {
 	lapic.EOI()
-	c.ticks++
 	klock.lock()
 	now := nanotime()
 	wakeExpired(now)

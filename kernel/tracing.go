@@ -53,16 +53,7 @@ func HypervisorName() amd64.Hypervisor { return hypervisor }
 // FireTimerIn arms this CPU's timer to interrupt in about ns nanoseconds; the timer
 // interrupt re-arms it for the scheduler as usual. Call with interrupts off, or from trap
 // context, so that the CPU is known.
-func FireTimerIn(ns int64) {
-	ticks := uint64(ns) * lapicHz / 1e9
-	if ticks == 0 {
-		ticks = 1
-	}
-	lapic.OneShot(vecTimer, uint32(ticks))
-}
-
-// KernelImage is the kernel's loaded image: text, data and BSS, mapped for good.
-func KernelImage() (start, end uintptr) { return kernelStart(), kernelEnd() }
+func FireTimerIn(ns int64) { timerIn(ns) }
 
 // KernelText is the kernel's text: mapped for good, and never written.
 func KernelText() (start, end uintptr) { return kernelStart(), kernelTextEnd() }
@@ -73,20 +64,6 @@ const VecTimer = vecTimer
 // UnmappedBase is the start of an address range the kernel never maps: the upper canonical
 // half, 2^47 bytes of canonical addresses whose reads fault with #PF.
 const UnmappedBase = 0xffff_8000_0000_0000
-
-// Mapped reports whether va is mapped now (the answer may change right after for addresses
-// the runtime maps and unmaps).
-func Mapped(va uintptr) bool {
-	fl := amd64.DisableInterrupts()
-	klock.lock()
-	_, _, ok := kpt.lookup(uint64(va))
-	klock.unlock()
-	amd64.RestoreInterrupts(fl)
-	return ok
-}
-
-// StackRegion is CPU n's stack region (kernel and IST stacks), where trap frames live.
-func StackRegion(n int) (lo, hi uintptr) { return cpus[n].stkLo, cpus[n].stkHi }
 
 // PVPoison is what the pvshim stubs leave in RCX and R11 (frame_amd64.h: PV_POISON).
 const PVPoison = 0x7e57dead0000c0de

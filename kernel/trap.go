@@ -1,7 +1,6 @@
 package kernel
 
 import (
-	"sync/atomic"
 	"unsafe"
 
 	"tracebed/amd64"
@@ -23,15 +22,10 @@ func kernelEntry(f *Frame) {
 		c.syscall(f)
 	case v == vecTimer:
 		c.timerInterrupt(f)
-	case v == vecWake:
-		c.wakeIPIs++
+	case v == vecWake, v == vecTest: // counted by trap.Enter
 		lapic.EOI()
 	case v == vecFlush:
-		c.flushIPIs++
 		drainTLB()
-		lapic.EOI()
-	case v == vecTest:
-		atomic.AddUint64(&c.testIPIs, 1)
 		lapic.EOI()
 	case v == idt.NMI:
 		c.nmi(f)
@@ -45,12 +39,11 @@ func kernelEntry(f *Frame) {
 	trap.Exit(c.id)
 }
 
-// nmi counts an NMI and gives it to a registered handler, if any. An NMI can arrive between a
+// nmi gives an NMI (counted by trap.Enter) to a registered handler, if any. An NMI can arrive between a
 // #PF and its entry's read of CR2, and its handler may fault (a fault-safe read): CR2 is put
 // back as it was. Trap context.
 func (c *CPU) nmi(f *Frame) {
 	cr2 := amd64.ReadCR2()
-	atomic.AddUint64(&c.nmis, 1)
 	trap.Dispatch(c.id, f)
 	if amd64.ReadCR2() != cr2 {
 		amd64.WriteCR2(cr2)
@@ -106,14 +99,12 @@ func fatalTrap(c *CPU, f *Frame) {
 	k.out()
 	// The same frames named from the kernel's own pclntab, for consoles no host reads.
 	lo, hi := pclntab()
-	tab, ok := trap.NewTable(unsafe.Slice((*byte)(unsafe.Pointer(lo)), hi-lo), kernelStart())
+	// A table that does not parse is empty, and names nothing.
+	tab, _ := trap.NewTable(unsafe.Slice((*byte)(unsafe.Pointer(lo)), hi-lo), kernelStart())
 	for i, pc := range pcs[:n] {
 		look := uintptr(pc)
 		if i > 0 {
 			look-- // a return address: name the call before it
-		}
-		if !ok {
-			break
 		}
 		if fn, file, line, found := tab.Lookup(look); found {
 			k.s("tracebed: fatal frame ").dec(int64(i)).c(' ').hex(pc).c(' ').s(fn).c(' ').s(file).

@@ -30,10 +30,10 @@ var Traps = ktest.Suite{Name: "traps", Cases: []ktest.Case{
 	{Name: "idt_mode", Run: idtMode},
 	{Name: "int3", Run: eachCPU(caseInt3)},
 	{Name: "icebp", Run: eachCPU(caseICEBP)},
-	{Name: "single_step_basic", Run: eachCPU(stepCase(siteStepBasic, 0, 3))},
-	{Name: "single_step_emulated_instructions", Run: eachCPU(stepCase(siteStepEmulated, 0, 8))},
+	{Name: "single_step_basic", Run: eachCPU(stepCase(siteStepBasic, stepBasic, 0, 3))},
+	{Name: "single_step_emulated_instructions", Run: eachCPU(stepCase(siteStepEmulated, stepEmulated, 0, 8))},
 	{Name: "single_step_sti_blocking", Run: eachCPU(stiCase)},
-	{Name: "single_step_movss_blocking", Run: eachCPU(stepCase(siteStepMovSS, 1, 3))},
+	{Name: "single_step_movss_blocking", Run: eachCPU(stepCase(siteStepMovSS, stepMovSS, 1, 3))},
 	{Name: "hw_breakpoint_exec", Run: eachCPU(caseHWExec)},
 	{Name: "hw_watchpoint_write", Run: eachCPU(caseHWWatch(amd64.DR7RWWrite))},
 	{Name: "hw_watchpoint_read_write", Run: eachCPU(caseHWWatch(amd64.DR7RWRead))},
@@ -342,10 +342,10 @@ func caseICEBP(t *ktest.T, cpu int) error {
 	return nil
 }
 
-// stepCase single-steps routine s: after the POPFQ that sets TF, skip instructions do not
+// stepCase single-steps routine s by calling run: after the POPFQ that sets TF, skip instructions do not
 // trap (MOV SS blocking) and the next n each end in a #DB with DR6.BS, at the next
 // instruction's address.
-func stepCase(s, skip, n int) func(t *ktest.T, cpu int) error {
+func stepCase(s int, run func(), skip, n int) func(t *ktest.T, cpu int) error {
 	return func(t *ktest.T, cpu int) error {
 		ins, err := decodeSite(s)
 		if err != nil {
@@ -366,16 +366,7 @@ func stepCase(s, skip, n int) func(t *ktest.T, cpu int) error {
 			want = append(want, uint64(in.addr)+uint64(in.len))
 		}
 		l := arm(idt.Debug)
-		switch s {
-		case siteStepBasic:
-			stepBasic()
-		case siteStepEmulated:
-			stepEmulated()
-		case siteStepSTI:
-			stepSTI()
-		case siteStepMovSS:
-			stepMovSS()
-		}
+		run()
 		disarm(l)
 		var got []string
 		bad := l.n != n
@@ -405,11 +396,11 @@ func stepCase(s, skip, n int) func(t *ktest.T, cpu int) error {
 // stiCase is stepCase for STI blocking, which tells a TCG quirk from a kernel failure: under
 // TCG, the #DB after STI goes missing while the three after it are exact.
 func stiCase(t *ktest.T, cpu int) error {
-	err := stepCase(siteStepSTI, 0, 4)(t, cpu)
+	err := stepCase(siteStepSTI, stepSTI, 0, 4)(t, cpu)
 	if err == nil || kernel.HypervisorName() != amd64.HVTCG {
 		return err
 	}
-	if stepCase(siteStepSTI, 1, 3)(t, -1) == nil {
+	if stepCase(siteStepSTI, stepSTI, 1, 3)(t, -1) == nil {
 		return quirkSTI
 	}
 	return err
@@ -581,13 +572,11 @@ func caseNonCanonical(t *ktest.T, cpu int) error {
 	return nil
 }
 
-func isCanonical(a uintptr) bool { return a>>47 == 0 || a>>47 == 1<<17-1 }
-
 // nonCanonical returns an address whose bits 63:47 are not all equal.
 func nonCanonical(r *rand.Rand) uintptr {
 	for {
 		a := uintptr(r.Uint64())
-		if !isCanonical(a) {
+		if !amd64.Canonical(uint64(a)) {
 			return a
 		}
 	}
@@ -732,7 +721,7 @@ func caseSafeLoads(t *ktest.T) {
 					bad("%#x: vector %d", addr, f.Vector)
 					continue
 				}
-				canonical := isCanonical(addr)
+				canonical := amd64.Canonical(uint64(addr))
 				switch class {
 				case 0, 1:
 					if f.Failed() || v != direct(addr, size) {
@@ -749,7 +738,7 @@ func caseSafeLoads(t *ktest.T) {
 				case 4:
 					last := addr + uintptr(size) - 1
 					if !canonical && f.Vector != idt.GeneralProtection ||
-						canonical && f.Vector == idt.GeneralProtection && isCanonical(last) {
+						canonical && f.Vector == idt.GeneralProtection && amd64.Canonical(uint64(last)) {
 						bad("%#x (random): %+v", addr, f)
 					}
 				}

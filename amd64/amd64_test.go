@@ -36,3 +36,11 @@ func TestDR7Breakpoint(t *testing.T) {
 	assert.Equal(t, uint64(1<<6|3<<28|2<<30), DR7Breakpoint(3, DR7RWRead, 8))
 	assert.Equal(t, uint64(1<<4|1<<24|1<<26), DR7Breakpoint(2, DR7RWWrite, 2))
 }
+
+func TestCanonical(t *testing.T) {
+	assert.True(t, Canonical(0))
+	assert.True(t, Canonical(0x7fff_ffff_ffff))
+	assert.False(t, Canonical(0x8000_0000_0000))
+	assert.True(t, Canonical(0xffff_8000_0000_0000))
+	assert.False(t, Canonical(0x0001_0000_0000_0000))
+}
