@@ -34,6 +34,7 @@ const (
 	InterruptShadow Reason = "opens an interrupt shadow (sti, mov ss, pop ss)"
 	Branch16        Reason = "16-bit operand-size branch (RIP truncated on AMD)"
 	PopRIPMemory    Reason = "pop into RIP-relative memory out of rel32 reach"
+	StepFlags       Reason = "reads or writes RFLAGS.TF or IF, which single-stepping sets (pushf, popf, cli): emulate it instead"
 	RSPOperand      Reason = "uses RSP and RIP-relative memory out of rel32 reach"
 	NoScratch       Reason = "no free scratch register for RIP-relative memory out of rel32 reach"
 )
@@ -171,13 +172,15 @@ func analyze(insn []byte, from uint64) (*analysis, error) {
 		return nil, refuse(r, &in, from)
 	}
 
-	switch in.Op {
-	case x86asm.JMP, x86asm.CALL:
+	rel, isRel := in.Args[0].(x86asm.Rel)
+	if isRel || in.Op == x86asm.JMP || in.Op == x86asm.CALL {
+		// With 66, Intel ignores the prefix on near branches and AMD truncates RIP to 16 bits
+		// (and reads a rel16): the instruction has no single meaning to relocate.
 		if in.DataSize == 16 {
 			return nil, refuse(Branch16, &in, from)
 		}
 	}
-	if rel, ok := in.Args[0].(x86asm.Rel); ok && in.PCRel > 0 {
+	if isRel && in.PCRel > 0 {
 		a.target = a.next + uint64(int64(rel))
 		switch in.Op {
 		case x86asm.JMP:
@@ -190,11 +193,18 @@ func analyze(insn []byte, from uint64) (*analysis, error) {
 		return a, nil
 	}
 
-	// RIP-relative memory: x86asm reports legacy/REX forms in PCRel; its VEX/EVEX decoder
-	// shows them as absolute [disp32], so those are found from ModRM directly.
+	// RIP-relative memory: x86asm reports legacy/REX forms in PCRel, except with an
+	// address-size prefix ([EIP+d], PCRel 0); its VEX/EVEX decoder shows them as absolute
+	// [disp32]. Those two are found from ModRM directly.
 	switch {
 	case in.PCRel == 4:
 		a.ripMem, a.disp, a.modrm = true, in.PCRelOff, in.PCRelOff-1
+	case memBase(&in, x86asm.EIP):
+		if off := eipDispOffset(a.raw); off > 0 {
+			a.ripMem, a.disp, a.modrm = true, off, off-1
+		} else {
+			return nil, refuse(Undecodable, &in, from)
+		}
 	case a.enc == encVEX2 || a.enc == encVEX3 || a.enc == encEVEX:
 		if m := opAt + 1; m+5 <= len(a.raw) && a.raw[m]&0xc7 == 0x05 {
 			a.ripMem, a.disp, a.modrm = true, m+1, m
@@ -222,6 +232,79 @@ func analyze(insn []byte, from uint64) (*analysis, error) {
 		a.kind = kRIPMem
 	}
 	return a, nil
+}
+
+// memBase reports whether a memory operand of in has base register r.
+func memBase(in *x86asm.Inst, r x86asm.Reg) bool {
+	for _, arg := range in.Args {
+		if m, ok := arg.(x86asm.Mem); ok && m.Base == r {
+			return true
+		}
+	}
+	return false
+}
+
+// eipDispOffset finds the displacement of an [EIP+d] operand in a legacy or REX encoding: the
+// same bytes with the address-size prefix turned into a segment prefix (same length, ignored in
+// 64-bit mode) decode as [RIP+d], for which x86asm reports where d is.
+func eipDispOffset(raw []byte) int {
+	b := append([]byte(nil), raw...)
+	for i := 0; i < len(b) && isLegacyPrefix(b[i]); i++ {
+		if b[i] == 0x67 {
+			b[i] = 0x3e
+		}
+	}
+	in, err := decode(b)
+	if err != nil || in.Len != len(raw) || in.PCRel != 4 {
+		return 0
+	}
+	return in.PCRelOff
+}
+
+// operandSize is the SDM's effective operand size in 64-bit mode (Vol. 2, 2.2.1.7 and the
+// d64/f64 marks of Appendix A): near JMP/CALL r/m, RET, PUSH and POP (and their flag and frame
+// forms) are 64-bit unless a 66 prefix makes them 16-bit; REX.W changes nothing. x86asm reports
+// the encoded size instead, 32 for ff 25 (jmp *[rip]) or ff 35 (push [rip]).
+func operandSize(in *x86asm.Inst) int {
+	switch in.Op {
+	case x86asm.JMP, x86asm.CALL, x86asm.RET, x86asm.PUSH, x86asm.POP, x86asm.PUSHF, x86asm.PUSHFQ,
+		x86asm.POPF, x86asm.POPFQ, x86asm.ENTER, x86asm.LEAVE:
+		if in.DataSize == 16 {
+			return 16
+		}
+		return 64
+	}
+	return in.DataSize
+}
+
+// isString reports the string instructions, the ones a REP prefix repeats (SDM Vol. 2 REP).
+func isString(op x86asm.Op) bool {
+	switch op {
+	case x86asm.MOVSB, x86asm.MOVSW, x86asm.MOVSD, x86asm.MOVSQ, x86asm.CMPSB, x86asm.CMPSW,
+		x86asm.CMPSD, x86asm.CMPSQ, x86asm.STOSB, x86asm.STOSW, x86asm.STOSD, x86asm.STOSQ,
+		x86asm.LODSB, x86asm.LODSW, x86asm.LODSD, x86asm.LODSQ, x86asm.SCASB, x86asm.SCASW,
+		x86asm.SCASD, x86asm.SCASQ, x86asm.INSB, x86asm.INSW, x86asm.INSD, x86asm.OUTSB,
+		x86asm.OUTSW, x86asm.OUTSD:
+		return true
+	}
+	return false
+}
+
+// repeated reports a string instruction with a REP, REPE or REPNE prefix: under TF it traps
+// after every iteration with RIP still at the instruction (SDM Vol. 3, 18.3.1.4).
+func repeated(in *x86asm.Inst) bool {
+	if !isString(in.Op) {
+		return false
+	}
+	for _, p := range in.Prefix {
+		if p == 0 {
+			break
+		}
+		if p&0xff == x86asm.PrefixREP || p&0xff == x86asm.PrefixREPN {
+			return true
+		}
+	}
+	return false
 }
 
 // refused reports the instructions that are never relocated (see Reason).
@@ -365,12 +448,7 @@ func implicitRegs(in *x86asm.Inst) uint32 {
 			m |= mCX
 		}
 	}
-	switch in.Op {
-	case x86asm.MOVSB, x86asm.MOVSW, x86asm.MOVSD, x86asm.MOVSQ, x86asm.CMPSB, x86asm.CMPSW,
-		x86asm.CMPSD, x86asm.CMPSQ, x86asm.STOSB, x86asm.STOSW, x86asm.STOSD, x86asm.STOSQ,
-		x86asm.LODSB, x86asm.LODSW, x86asm.LODSD, x86asm.LODSQ, x86asm.SCASB, x86asm.SCASW,
-		x86asm.SCASD, x86asm.SCASQ, x86asm.INSB, x86asm.INSW, x86asm.INSD, x86asm.OUTSB,
-		x86asm.OUTSW, x86asm.OUTSD:
+	if isString(in.Op) {
 		m |= mAX | mCX | mDX | mSI | mDI
 	}
 	return m

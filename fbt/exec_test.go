@@ -7,7 +7,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -43,7 +42,10 @@ var distances = []struct {
 	{"+64GiB", 64 << 30},
 }
 
-var sample = flag.Int("fbt.sample", 0, "run only every Nth unique corpus instruction (0: all)")
+var (
+	sample     = flag.Int("fbt.sample", 0, "run only every Nth unique corpus instruction (0: all)")
+	corpusOnly = flag.String("fbt.corpus", "", "run only the corpora whose name contains this")
+)
 
 // home is where the original instructions run: far from the harness's own memory, with room
 // for ±2 GiB targets and +64 GiB copies in the user address space.
@@ -108,33 +110,42 @@ func textOf(path string) (ins []insn, bad int, err error) {
 	return ins, bad, nil
 }
 
-// unsafeInUserMode: instructions the harness must not run, because they are not
-// deterministic, change the process's segments or flags in ways that break the harness, or
-// wait.
-func unsafeInUserMode(in *x86asm.Inst) bool {
+// unsafeInUserMode says why the harness must not run an instruction ("" when it may): it is
+// not deterministic, changes the process's segments, flags or protection keys in ways that
+// break the harness, loads extended state the harness does not control, or waits.
+func unsafeInUserMode(in *x86asm.Inst) string {
 	switch in.Op {
-	case x86asm.RDTSC, x86asm.RDTSCP, x86asm.RDRAND, x86asm.RDPMC, x86asm.POPF, x86asm.POPFD,
-		x86asm.POPFQ, x86asm.LFS, x86asm.LGS, x86asm.LSS, x86asm.WRFSBASE, x86asm.WRGSBASE,
-		x86asm.HLT, x86asm.PAUSE:
-		return true
+	case x86asm.RDTSC, x86asm.RDTSCP, x86asm.RDRAND, x86asm.RDPMC:
+		return "not deterministic"
+	case x86asm.POPF, x86asm.POPFD, x86asm.POPFQ:
+		return "sets RFLAGS.TF/AC under the harness"
+	case x86asm.LFS, x86asm.LGS, x86asm.LSS, x86asm.WRFSBASE, x86asm.WRGSBASE:
+		return "changes the harness's segments"
+	case x86asm.XRSTOR, x86asm.XRSTOR64, x86asm.XRSTORS, x86asm.XRSTORS64, x86asm.FXRSTOR, x86asm.FXRSTOR64:
+		return "loads extended state (PKRU among it) the harness does not control"
+	case x86asm.HLT, x86asm.PAUSE:
+		return "waits"
 	case x86asm.MOV, x86asm.POP:
 		if r, ok := in.Args[0].(x86asm.Reg); ok && r >= x86asm.ES && r <= x86asm.GS {
-			return true
+			return "changes the harness's segments"
 		}
 	}
 	for _, a := range in.Args {
 		if m, ok := a.(x86asm.Mem); ok && (m.Segment == x86asm.FS || m.Segment == x86asm.GS) {
-			return true // the harness's own thread-local storage
+			return "uses the harness's thread-local storage"
 		}
 	}
-	return false
+	return ""
 }
 
 // corpus is the kernel's own text plus a few gcc-built binaries of the machine.
 func corpus(t *testing.T) (map[string][]insn, map[string]int) {
-	kernel := filepath.Join(t.TempDir(), "kernel.elf")
-	require.NoError(t, qemu.BuildKernel("..", kernel))
-	files := map[string]string{"tracebed kernel": kernel}
+	files := map[string]string{}
+	if strings.Contains("tracebed kernel", *corpusOnly) {
+		kernel := filepath.Join(t.TempDir(), "kernel.elf")
+		require.NoError(t, qemu.BuildKernel("..", kernel))
+		files["tracebed kernel"] = kernel
+	}
 	for _, p := range []string{"/usr/lib/x86_64-linux-gnu/libc.so.6", "/usr/bin/bash", "/usr/bin/gcc"} {
 		if _, err := os.Stat(p); err == nil {
 			files[filepath.Base(p)] = p
@@ -142,7 +153,16 @@ func corpus(t *testing.T) (map[string][]insn, map[string]int) {
 	}
 	out := map[string][]insn{}
 	bad := map[string]int{}
+	for i, b := range craftedForms {
+		if !strings.Contains("crafted forms", *corpusOnly) {
+			break
+		}
+		out["crafted forms"] = append(out["crafted forms"], insn{b, 0x2000 + 64*uint64(i)})
+	}
 	for name, p := range files {
+		if !strings.Contains(name, *corpusOnly) {
+			continue
+		}
 		ins, b, err := textOf(p)
 		require.NoError(t, err, p)
 		out[name], bad[name] = ins, b
@@ -151,41 +171,83 @@ func corpus(t *testing.T) (map[string][]insn, map[string]int) {
 }
 
 type tally struct {
-	tried, relocated, run, ok, fault, skipped int
-	refused                                   map[string]int
-	mismatches                                []string
-	skips                                     map[string]int
+	tried, planned, run, ok, fault, loop, skipped int
+	refused, skips, unsafe                        map[string]int
+	mismatches                                    []string
+	forms                                         map[string]int // mismatches by instruction form
 }
 
-// xcase is one relocation handed to xrun.
+func newTally() *tally {
+	return &tally{refused: map[string]int{}, skips: map[string]int{}, unsafe: map[string]int{}, forms: map[string]int{}}
+}
+
+// Modes of xrun: a boosted copy (Relocate) runs on its own; a step (PlanStep) runs one
+// instruction under TF and gets the #DB handler's fix-ups.
+const (
+	modeBoost = 0
+	modeStep  = 1
+)
+
+// xcase is one relocation or step handed to xrun.
 type xcase struct {
 	from, to, mem, branch, seed uint64
-	orig, rel                   []byte
-	desc                        string
+	orig, code                  []byte
+	mode                        uint32
+	body                        int
+	faults                      []Fault
+	step                        *Step
+	desc, form                  string
 }
 
-func (c *xcase) write(w io.Writer) error {
-	var h [48]byte
+func (c *xcase) write(w *bufio.Writer) error {
 	le := binary.LittleEndian
-	le.PutUint64(h[0:], c.from)
-	le.PutUint64(h[8:], c.to)
-	le.PutUint64(h[16:], c.mem)
-	le.PutUint64(h[24:], c.branch)
-	le.PutUint64(h[32:], c.seed)
-	le.PutUint32(h[40:], uint32(len(c.orig)))
-	le.PutUint32(h[44:], uint32(len(c.rel)))
-	if _, err := w.Write(h[:]); err != nil {
-		return err
+	var b []byte
+	for _, v := range []uint64{c.from, c.to, c.mem, c.branch, c.seed} {
+		b = le.AppendUint64(b, v)
 	}
-	if _, err := w.Write(c.orig); err != nil {
-		return err
+	for _, v := range []uint32{uint32(len(c.orig)), uint32(len(c.code)), c.mode, uint32(c.body), uint32(len(c.faults))} {
+		b = le.AppendUint32(b, v)
 	}
-	_, err := w.Write(c.rel)
+	for _, f := range c.faults {
+		b = le.AppendUint32(b, uint32(f.Off))
+		b = le.AppendUint32(b, uint32(int32(f.Saved)))
+		b = le.AppendUint32(b, uint32(f.Pushed))
+	}
+	if s := c.step; s != nil {
+		// The #DB handler's work, computed here by the Go code the kernel will run: Resume at
+		// every RIP a step can stop at, ReturnAddress for the address a call pushes.
+		end := s.To + uint64(len(s.Code))
+		b = le.AppendUint32(b, uint32(int32(s.Scratch)))
+		b = le.AppendUint64(b, s.ScratchValue)
+		call := uint32(0)
+		if s.Call {
+			call = 1
+		}
+		b = le.AppendUint32(b, call)
+		b = le.AppendUint64(b, end)
+		b = le.AppendUint64(b, s.ReturnAddress(end))
+		stops := []uint64{s.To, end, s.marker()}
+		b = le.AppendUint32(b, uint32(len(stops)))
+		for _, rip := range stops {
+			next, done := s.Resume(rip)
+			again := uint32(0)
+			if !done {
+				again = 1
+			}
+			b = le.AppendUint64(b, rip)
+			b = le.AppendUint64(b, next)
+			b = le.AppendUint32(b, again)
+		}
+	}
+	b = append(b, c.orig...)
+	b = append(b, c.code...)
+	_, err := w.Write(b)
 	return err
 }
 
-// execute runs the cases through one xrun process, in order, and returns its verdict lines.
-func execute(t *testing.T, cases []xcase) []string {
+// execute runs the cases through one xrun process, in order, and returns its first line (what
+// extended state it controls) and its verdict lines.
+func execute(t *testing.T, cases []xcase) (string, []string) {
 	cmd := exec.Command(xrun(t))
 	stdin, err := cmd.StdinPipe()
 	require.NoError(t, err)
@@ -204,8 +266,12 @@ func execute(t *testing.T, cases []xcase) []string {
 		w.Flush()
 		stdin.Close()
 	}()
+	var head string
 	var lines []string
 	sc := bufio.NewScanner(stdout)
+	if sc.Scan() {
+		head = sc.Text()
+	}
 	for sc.Scan() {
 		lines = append(lines, sc.Text())
 	}
@@ -217,8 +283,178 @@ func execute(t *testing.T, cases []xcase) []string {
 			}
 			return ""
 		}(), stderr.String())
+	require.True(t, strings.HasPrefix(head, "xstate "), "xrun's first line: %q", head)
 	require.Len(t, lines, len(cases))
-	return lines
+	return head, lines
+}
+
+// form names an instruction's shape for grouping mismatches: mnemonic, operand kinds, and the
+// prefixes that change its meaning.
+func form(in *x86asm.Inst, b []byte) string {
+	var sb strings.Builder
+	for _, p := range b {
+		if !isLegacyPrefix(p) && p&0xf0 != 0x40 {
+			break
+		}
+		fmt.Fprintf(&sb, "%02x ", p)
+	}
+	sb.WriteString(strings.ToLower(in.Op.String()))
+	for i, a := range in.Args {
+		if a == nil {
+			break
+		}
+		sep := " "
+		if i > 0 {
+			sep = ","
+		}
+		sb.WriteString(sep)
+		switch v := a.(type) {
+		case x86asm.Reg:
+			sb.WriteString("reg")
+		case x86asm.Mem:
+			if v.Base == x86asm.RIP || v.Base == x86asm.EIP {
+				sb.WriteString("[rip]")
+			} else {
+				sb.WriteString("mem")
+			}
+		case x86asm.Imm:
+			sb.WriteString("imm")
+		case x86asm.Rel:
+			sb.WriteString("rel")
+		}
+	}
+	return sb.String()
+}
+
+// plan builds the boost and step cases of one corpus.
+func plan(t *testing.T, ins []insn) (boost, step []xcase, tb, ts *tally, unique int) {
+	tb, ts = newTally(), newTally()
+	seen := map[string]bool{}
+	for _, in := range ins {
+		tb.tried++
+		ts.tried++
+		if seen[string(in.b)] {
+			continue // identical bytes behave identically; run each once per distance
+		}
+		seen[string(in.b)] = true
+		if *sample > 1 && len(seen)%*sample != 0 {
+			continue
+		}
+		dec, _ := decode(in.b)
+		why := unsafeInUserMode(&dec)
+		for di, d := range distances {
+			from := home + in.addr%4096 + uint64(di)*0x10000
+			to := from + uint64(d.d)
+			base := xcase{from: from, to: to, orig: in.b, form: form(&dec, in.b),
+				desc: fmt.Sprintf("%s % x at %#x → %s", x86asm.GNUSyntax(dec, in.addr, nil), in.b, in.addr, d.name)}
+			a, aerr := analyze(in.b, from)
+			if aerr == nil {
+				switch a.kind {
+				case kRIPMem, kCallInd:
+					if a.ripMem && a.in.Op != x86asm.LEA { // lea reads no memory
+						base.mem = a.target
+					}
+				case kJmpRel, kCondRel, kCallRel:
+					base.branch = a.target
+				}
+			}
+			cp, err := Relocate(in.b, from, to)
+			if countRefusal(t, tb, err) {
+				tb.planned++
+				if why != "" {
+					tb.unsafe[why]++
+				} else {
+					c := base
+					c.mode, c.code, c.body, c.faults = modeBoost, cp.Code, cp.Body, cp.Faults
+					c.seed = uint64(len(boost))
+					boost = append(boost, c)
+				}
+			}
+			st, err := PlanStep(in.b, from, to)
+			if countRefusal(t, ts, err) {
+				ts.planned++
+				if why != "" {
+					ts.unsafe[why]++
+				} else {
+					c := base
+					c.mode, c.code, c.step = modeStep, st.Code, st
+					c.faults = []Fault{{Off: 0, Saved: -1}} // the stepped instruction itself
+					c.seed = uint64(len(step))
+					step = append(step, c)
+				}
+			}
+		}
+	}
+	return boost, step, tb, ts, len(seen)
+}
+
+// countRefusal counts a refusal by reason and says whether there was none.
+func countRefusal(t *testing.T, tl *tally, err error) bool {
+	if err == nil {
+		return true
+	}
+	var r *Refusal
+	require.True(t, errors.As(err, &r), "%v", err)
+	require.ErrorIs(t, err, ErrNotRelocatable)
+	tl.refused[string(r.Reason)]++
+	return false
+}
+
+func (tl *tally) verdicts(cases []xcase, lines []string) {
+	for i, l := range lines {
+		tl.run++
+		switch {
+		case l == "ok":
+			tl.ok++
+		case l == "fault":
+			tl.fault++
+		case l == "loop":
+			tl.loop++
+		case strings.HasPrefix(l, "skip "):
+			tl.skipped++
+			tl.skips[l[5:]]++
+		default:
+			tl.mismatches = append(tl.mismatches, cases[i].desc+": "+l)
+			tl.forms[cases[i].form]++
+		}
+	}
+}
+
+// counts prints a map as "n × key; ..." sorted by key.
+func counts(m map[string]int) string {
+	out := make([]string, 0, len(m))
+	for k, n := range m {
+		out = append(out, fmt.Sprintf("%d × %s", n, k))
+	}
+	sort.Strings(out)
+	return strings.Join(out, "; ")
+}
+
+func (tl *tally) report(t *testing.T, name, mode string) {
+	t.Logf("%s %s: %d planned at %d distances (%d refused), run %d: %d equal at the landing, %d faulted alike with equal state, %d looped alike, %d skipped [%s]; mismatches %d",
+		name, mode, tl.planned, len(distances), sum(tl.refused), tl.run, tl.ok, tl.fault, tl.loop, tl.skipped, counts(tl.skips), len(tl.mismatches))
+	t.Logf("%s %s: refused: %s", name, mode, counts(tl.refused))
+	t.Logf("%s %s: not run on the host: %s", name, mode, counts(tl.unsafe))
+	if len(tl.mismatches) > 0 {
+		t.Logf("%s %s: mismatches by form: %s", name, mode, counts(tl.forms))
+	}
+	for i, m := range tl.mismatches {
+		if i == 20 {
+			t.Errorf("%s %s: ... and %d more", name, mode, len(tl.mismatches)-20)
+			break
+		}
+		t.Errorf("%s %s mismatch: %s", name, mode, m)
+	}
+	assert.Positive(t, tl.ok, "%s %s: no case ran to its landing", name, mode)
+	assert.Positive(t, tl.fault, "%s %s: no fault path was compared", name, mode)
+}
+
+func sum(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
 }
 
 func TestRelocateByExecution(t *testing.T) {
@@ -233,80 +469,25 @@ func TestRelocateByExecution(t *testing.T) {
 	sort.Strings(names)
 	for _, name := range names {
 		t.Run(name, func(t *testing.T) {
-			seen := map[string]bool{}
-			tl := tally{refused: map[string]int{}, skips: map[string]int{}}
-			var cases []xcase
-			for _, in := range srcs[name] {
-				tl.tried++
-				if seen[string(in.b)] {
-					continue // identical bytes behave identically; run each once per distance
-				}
-				seen[string(in.b)] = true
-				if *sample > 1 && len(seen)%*sample != 0 {
-					continue
-				}
-				dec, _ := decode(in.b)
-				for di, d := range distances {
-					from := home + in.addr%4096 + uint64(di)*0x10000
-					to := from + uint64(d.d)
-					rel, err := Relocate(in.b, from, to)
-					if err != nil {
-						var r *Refusal
-						require.True(t, errors.As(err, &r), "%v", err)
-						require.ErrorIs(t, err, ErrNotRelocatable)
-						tl.refused[string(r.Reason)]++
-						continue
-					}
-					tl.relocated++
-					if unsafeInUserMode(&dec) {
-						continue
-					}
-					a, err := analyze(in.b, from)
-					require.NoError(t, err)
-					c := xcase{from: from, to: to, seed: uint64(len(cases)), orig: in.b, rel: rel,
-						desc: fmt.Sprintf("%s % x at %#x → %s", x86asm.GNUSyntax(dec, in.addr, nil), in.b, in.addr, d.name)}
-					switch a.kind {
-					case kRIPMem, kCallInd:
-						if a.ripMem && a.in.Op != x86asm.LEA { // lea reads no memory
-							c.mem = a.target
-						}
-					case kJmpRel, kCondRel, kCallRel:
-						c.branch = a.target
-					}
-					cases = append(cases, c)
-				}
-			}
-			lines := execute(t, cases)
-			for i, l := range lines {
-				tl.run++
-				switch {
-				case l == "ok":
-					tl.ok++
-				case l == "fault" || l == "fault-same":
-					tl.fault++
-				case strings.HasPrefix(l, "skip "):
-					tl.skipped++
-					tl.skips[l[5:]]++
-				default:
-					tl.mismatches = append(tl.mismatches, cases[i].desc+": "+l)
-				}
-			}
-			t.Logf("%s: %d instructions (%d bytes undecodable), %d unique; relocations %d at %d distances; run %d: %d equal, %d faulted alike, %d skipped %v; mismatches %d",
-				name, tl.tried, bad[name], len(seen), tl.relocated, len(distances), tl.run, tl.ok, tl.fault, tl.skipped, tl.skips, len(tl.mismatches))
-			reasons := make([]string, 0, len(tl.refused))
-			for r, n := range tl.refused {
-				reasons = append(reasons, fmt.Sprintf("%d × %s", n, r))
-			}
-			sort.Strings(reasons)
-			t.Logf("%s: refused %s", name, strings.Join(reasons, "; "))
-			for i, m := range tl.mismatches {
-				if i == 20 {
-					t.Errorf("... and %d more", len(tl.mismatches)-20)
-					break
-				}
-				t.Errorf("mismatch: %s", m)
-			}
-			assert.Positive(t, tl.ok)
+			boost, step, tb, ts, unique := plan(t, srcs[name])
+			t.Logf("%s: %d instructions (%d bytes undecodable), %d unique", name, tb.tried, bad[name], unique)
+			// One xrun per mode, side by side: make test runs packages one at a time, so this
+			// is the only thing on the machine's two cores.
+			var head string
+			var lb, ls []string
+			var wg sync.WaitGroup
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, ls = execute(t, step)
+			}()
+			head, lb = execute(t, boost)
+			wg.Wait()
+			t.Logf("%s: harness %s", name, head)
+			tb.verdicts(boost, lb)
+			ts.verdicts(step, ls)
+			tb.report(t, name, "boost (Relocate)")
+			ts.report(t, name, "step (PlanStep)")
 		})
 	}
 }

@@ -22,32 +22,30 @@ import (
 //   - branches and the jump back become jmp *0(%rip) with the 8-byte target after it.
 //
 // Calls push from+len(insn) as their return address, never an address inside the copy.
-func Relocate(insn []byte, from, to uint64) ([]byte, error) {
-	e, err := relocate(insn, from, to)
-	if err != nil {
-		return nil, err
-	}
-	return e.b, nil
-}
-
-// relocate is Relocate keeping the emitter, whose lits say where the 8-byte jump targets are.
-func relocate(insn []byte, from, to uint64) (*emitter, error) {
+//
+// The Copy also says how to undo a partial run of it: a fault taken at one of its Faults is a
+// fault of the displaced instruction, and the handler that maps it back (RIP = from, the saved
+// register restored, what the copy pushed popped) sees exactly the state the original
+// instruction would have faulted with. The differential test checks this on every fault.
+func Relocate(insn []byte, from, to uint64) (*Copy, error) {
 	a, err := analyze(insn, from)
 	if err != nil {
 		return nil, err
 	}
 	e := &emitter{to: to}
 	switch a.kind {
-	case kPlain:
+	case kPlain, kStop:
+		e.work(-1, 0)
 		e.raw(a.raw)
-		e.jmp(a.next)
-	case kStop:
-		e.raw(a.raw)
+		if a.kind == kPlain {
+			e.jmp(a.next)
+		}
 	case kJmpRel:
 		e.jmp(a.target)
 	case kCondRel:
 		e.cond(a)
 	case kCallRel:
+		e.fault(-1, 0)
 		e.pushImm(a.next)
 		e.jmp(a.target)
 	case kCallInd:
@@ -57,7 +55,10 @@ func relocate(insn []byte, from, to uint64) (*emitter, error) {
 		e.movabs(rAX, a.next)                    // mov $next, %rax
 		e.raw([]byte{0x48, 0x87, 0x44, 0x24, 8}) // xchg %rax, 8(%rsp): [rsp+8] = next, rax = target
 		e.raw([]byte{0x48, 0x87, 0x04, 0x24})    // xchg %rax, (%rsp): [rsp] = target, rax restored
-		e.raw([]byte{0xc3})                      // ret
+		// A non-canonical target faults here (#GP on the ret), where the original call faults
+		// before pushing anything: 16 bytes to pop.
+		e.fault(-1, 16)
+		e.raw([]byte{0xc3}) // ret
 	case kRIPMem:
 		if err := e.ripMem(a); err != nil {
 			return nil, err
@@ -66,13 +67,47 @@ func relocate(insn []byte, from, to uint64) (*emitter, error) {
 	if !e.decodes() {
 		return nil, refuse(Undecodable, &a.in, from)
 	}
-	return e, nil
+	return &Copy{Code: e.b, Body: e.body, Faults: e.faults, lits: e.lits}, nil
+}
+
+// Copy is a relocated instruction: Code, to be placed at the address given to Relocate.
+type Copy struct {
+	Code   []byte
+	Body   int     // offset in Code of the instruction doing the displaced instruction's work
+	Faults []Fault // where Code may fault on the displaced instruction's behalf
+	lits   []int   // offsets of 8-byte jump targets in Code (data, not code)
+}
+
+// Fault is an instruction of a Copy that may fault on behalf of the displaced instruction (its
+// memory operand, or the stack slot a push or call writes). To report such a fault as the
+// original instruction's: when Saved >= 0, GPR Saved gets back the value stored at [RSP]; RSP
+// grows by Pushed; RIP becomes the original instruction's address. A fault anywhere else in
+// the copy is the copy's own (it touches nothing the original would not, except the stack below
+// RSP, which kernel code keeps no data in).
+type Fault struct {
+	Off    int // offset in Code
+	Saved  int // GPR number (0 RAX … 15 R15) the copy saved at [RSP] and then changed; -1: none
+	Pushed int // bytes the copy has pushed below the original RSP when the instruction runs
 }
 
 type emitter struct {
-	to   uint64
-	b    []byte
-	lits []int // offsets of 8-byte jump targets (data, not code)
+	to     uint64
+	b      []byte
+	lits   []int // offsets of 8-byte jump targets (data, not code)
+	body   int
+	faults []Fault
+}
+
+// fault marks the next instruction as one that may fault on the displaced instruction's behalf.
+func (e *emitter) fault(saved, pushed int) {
+	e.faults = append(e.faults, Fault{Off: len(e.b), Saved: saved, Pushed: pushed})
+}
+
+// work marks the next instruction as the one doing the displaced instruction's work, and as a
+// fault point.
+func (e *emitter) work(saved, pushed int) {
+	e.body = len(e.b)
+	e.fault(saved, pushed)
 }
 
 // decodes checks that the code decodes as a whole, instruction by instruction, the way the
@@ -164,25 +199,30 @@ func nearCopy(a *analysis, at uint64) ([]byte, bool) {
 	return b, true
 }
 
-// pushImm pushes a 64-bit value without touching flags or registers.
+// pushImm pushes a 64-bit value without touching flags or registers, writing nothing but the
+// slot the push fills.
 func (e *emitter) pushImm(v uint64) {
 	if int64(v) == int64(int32(v)) {
 		e.raw([]byte{0x68}) // push $imm32, sign-extended
 		e.u32(uint32(v))
 		return
 	}
-	e.raw([]byte{0x48, 0x8d, 0x64, 0x24, 0xf8}) // lea -8(%rsp), %rsp
-	e.raw([]byte{0x50})                         // push %rax
-	e.movabs(rAX, v)
-	e.raw([]byte{0x48, 0x89, 0x44, 0x24, 8}) // mov %rax, 8(%rsp)
-	e.raw([]byte{0x58})                      // pop %rax
+	e.raw([]byte{0x68}) // push $lo32: writes the whole slot, bits 63:32 are then fixed
+	e.u32(uint32(v))
+	e.raw([]byte{0xc7, 0x44, 0x24, 0x04}) // movl $hi32, 4(%rsp)
+	e.u32(uint32(v >> 32))
 }
 
 // pushMem pushes the quadword at absolute address addr: push %rax; mov $addr, %rax;
-// mov (%rax), %rax; xchg %rax, (%rsp).
-func (e *emitter) pushMem(addr uint64) {
+// mov (%rax), %rax; xchg %rax, (%rsp). stackFault: the displaced instruction writes the slot
+// the first push writes (push, call), so a fault there is its fault too.
+func (e *emitter) pushMem(addr uint64, stackFault bool) {
+	if stackFault {
+		e.fault(-1, 0)
+	}
 	e.raw([]byte{0x50})
 	e.movabs(rAX, addr)
+	e.work(rAX, 8)
 	e.raw([]byte{0x48, 0x8b, 0x00})
 	e.raw([]byte{0x48, 0x87, 0x04, 0x24})
 }
@@ -213,11 +253,12 @@ func (e *emitter) pushOperand(a *analysis) {
 	if a.ripMem {
 		var ok bool
 		if b, ok = nearCopy(a, e.pc()); !ok {
-			e.pushMem(a.target)
+			e.pushMem(a.target, true)
 			return
 		}
 	}
 	b[a.modrm] = b[a.modrm]&^0x38 | 6<<3
+	e.fault(-1, 0)
 	e.raw(b)
 }
 
@@ -225,6 +266,7 @@ func (e *emitter) pushOperand(a *analysis) {
 func (e *emitter) ripMem(a *analysis) error {
 	in := &a.in
 	if b, ok := nearCopy(a, e.pc()); ok {
+		e.work(-1, 0)
 		e.raw(b)
 		if in.Op != x86asm.JMP {
 			e.jmp(a.next)
@@ -237,13 +279,16 @@ func (e *emitter) ripMem(a *analysis) error {
 			e.jmp(a.next)
 			return nil
 		}
-	case in.Op == x86asm.PUSH && in.DataSize == 64:
-		e.pushMem(a.target)
+	case in.Op == x86asm.PUSH && operandSize(in) == 64:
+		e.pushMem(a.target, true)
 		e.jmp(a.next)
 		return nil
-	case in.Op == x86asm.JMP && in.DataSize == 64:
-		e.pushMem(a.target)
-		e.raw([]byte{0xc3}) // ret: pops the loaded target
+	case in.Op == x86asm.JMP: // 16-bit forms were refused by analyze
+		// The ret pops the loaded target: no register or stack word changes on the way. (On a
+		// CPU enforcing CET shadow stacks this ret would fault; tracebed enables none.)
+		e.pushMem(a.target, false)
+		e.fault(-1, 8) // a non-canonical target: #GP on the ret, where the original's is on the jmp
+		e.raw([]byte{0xc3})
 		return nil
 	case in.Op == x86asm.POP:
 		return refuse(PopRIPMemory, in, a.from)
@@ -258,6 +303,7 @@ func (e *emitter) ripMem(a *analysis) error {
 	}
 	e.pushReg(r)
 	e.movabs(r, a.target)
+	e.work(r, 8)
 	e.raw(b)
 	e.popReg(r)
 	if in.Op != x86asm.JMP {

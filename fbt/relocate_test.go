@@ -31,14 +31,11 @@ func decodeAll(t testing.TB, code []byte, lits ...int) []x86asm.Inst {
 
 // reloc relocates and decodes, for the tests.
 func reloc(t testing.TB, insn []byte, from, to uint64) ([]byte, []x86asm.Inst, error) {
-	e, err := relocate(insn, from, to)
+	c, err := Relocate(insn, from, to)
 	if err != nil {
 		return nil, nil, err
 	}
-	code, err2 := Relocate(insn, from, to)
-	require.NoError(t, err2)
-	require.Equal(t, e.b, code)
-	return e.b, decodeAll(t, e.b, e.lits...), nil
+	return c.Code, decodeAll(t, c.Code, c.lits...), nil
 }
 
 func TestRelocateForms(t *testing.T) {
@@ -57,12 +54,27 @@ func TestRelocateForms(t *testing.T) {
 			[]x86asm.Op{x86asm.PUSH, x86asm.MOV, x86asm.CMP, x86asm.POP, x86asm.JMP}},
 		{"lea far is a move", []byte{0x48, 0x8d, 0x3d, 0x10, 0, 0, 0}, from + 8<<30, []x86asm.Op{x86asm.MOV, x86asm.JMP}},
 		{"jcc rel8 far", []byte{0x74, 0x10}, from + 8<<30, []x86asm.Op{x86asm.JE, x86asm.JMP, x86asm.JMP}},
-		// from+5 does not fit a sign-extended imm32 here: built through RAX, flags untouched.
+		// from+5 does not fit a sign-extended imm32 here: pushed in two halves, nothing else touched.
 		{"call rel32", []byte{0xe8, 0, 1, 0, 0}, from + 4096,
-			[]x86asm.Op{x86asm.LEA, x86asm.PUSH, x86asm.MOV, x86asm.MOV, x86asm.POP, x86asm.JMP}},
+			[]x86asm.Op{x86asm.PUSH, x86asm.MOV, x86asm.JMP}},
 		{"call [rip] far", []byte{0xff, 0x15, 0x10, 0, 0, 0}, from + 8<<30,
 			[]x86asm.Op{x86asm.PUSH, x86asm.MOV, x86asm.MOV, x86asm.XCHG, x86asm.PUSH, x86asm.MOV, x86asm.XCHG, x86asm.XCHG, x86asm.RET}},
 		{"ret", []byte{0xc3}, from + 8<<30, []x86asm.Op{x86asm.RET}},
+		// Issue 10: ff 25 decodes with DataSize 32, but a near indirect jmp is always 64-bit.
+		{"jmp [rip] far", []byte{0xff, 0x25, 0x10, 0, 0, 0}, from + 8<<30,
+			[]x86asm.Op{x86asm.PUSH, x86asm.MOV, x86asm.MOV, x86asm.XCHG, x86asm.RET}},
+		{"bnd jmp [rip] far", []byte{0xf2, 0xff, 0x25, 0x10, 0, 0, 0}, from + 8<<30,
+			[]x86asm.Op{x86asm.PUSH, x86asm.MOV, x86asm.MOV, x86asm.XCHG, x86asm.RET}},
+		{"notrack jmp [rip] far", []byte{0x3e, 0xff, 0x25, 0x10, 0, 0, 0}, from + 8<<30,
+			[]x86asm.Op{x86asm.PUSH, x86asm.MOV, x86asm.MOV, x86asm.XCHG, x86asm.RET}},
+		{"rex.w jmp [rip] far", []byte{0x48, 0xff, 0x25, 0x10, 0, 0, 0}, from + 8<<30,
+			[]x86asm.Op{x86asm.PUSH, x86asm.MOV, x86asm.MOV, x86asm.XCHG, x86asm.RET}},
+		{"push [rip] far", []byte{0xff, 0x35, 0x10, 0, 0, 0}, from + 8<<30,
+			[]x86asm.Op{x86asm.PUSH, x86asm.MOV, x86asm.MOV, x86asm.XCHG, x86asm.JMP}},
+		{"eip-relative load far", []byte{0x67, 0x8b, 0x05, 0x10, 0, 0, 0}, from + 8<<30,
+			[]x86asm.Op{x86asm.PUSH, x86asm.MOV, x86asm.MOV, x86asm.POP, x86asm.JMP}},
+		{"eip-relative jmp far", []byte{0x67, 0xff, 0x25, 0x10, 0, 0, 0}, from + 8<<30,
+			[]x86asm.Op{x86asm.PUSH, x86asm.MOV, x86asm.MOV, x86asm.XCHG, x86asm.RET}},
 		{"vmovups far (VEX2)", []byte{0xc5, 0xf8, 0x10, 0x05, 0x10, 0, 0, 0}, from + 8<<30,
 			[]x86asm.Op{x86asm.PUSH, x86asm.MOV, x86asm.VMOVUPS, x86asm.POP, x86asm.JMP}},
 	} {
@@ -76,6 +88,32 @@ func TestRelocateForms(t *testing.T) {
 			assert.Equal(t, tc.ops, ops)
 		})
 	}
+}
+
+// The far jmp *[rip] loads the pointer from the original target and changes nothing else: the
+// pushed RAX is restored before the ret pops the loaded target (issue 10: R11 and RSP were
+// clobbered for every encoding but REX.W). Its fault points undo exactly that.
+func TestFarJmpThroughRIP(t *testing.T) {
+	const from = 0x1000
+	for _, insn := range [][]byte{{0xff, 0x25, 0, 0, 0, 0}, {0xf2, 0xff, 0x25, 0, 0, 0, 0}, {0x3e, 0xff, 0x25, 0, 0, 0, 0}} {
+		c, err := Relocate(insn, from, from+8<<30)
+		require.NoError(t, err)
+		ins := decodeAll(t, c.Code, c.lits...)
+		assert.Equal(t, x86asm.Imm(from+uint64(len(insn))), ins[1].Args[1], "% x: rax holds the pointer's address", insn)
+		assert.Equal(t, []Fault{{Off: 11, Saved: rAX, Pushed: 8}, {Off: 18, Saved: -1, Pushed: 8}}, c.Faults, "% x", insn)
+		assert.Equal(t, 11, c.Body)
+	}
+}
+
+// An [EIP+d] operand (address-size prefix) is RIP-relative too, though x86asm reports no PCRel
+// for it; its target wraps at 4 GiB.
+func TestEIPRelative(t *testing.T) {
+	var from uint64 = 0xfffffff0
+	_, ins, err := reloc(t, []byte{0x67, 0x8b, 0x05, 0x20, 0, 0, 0}, from, from+8<<30)
+	require.NoError(t, err)
+	assert.Equal(t, x86asm.Imm(uint32(from+7+0x20)), ins[1].Args[1], "the target wraps at 4 GiB")
+	m := ins[2].Args[1].(x86asm.Mem)
+	assert.Equal(t, ins[1].Args[0], m.Base+x86asm.RAX-x86asm.EAX, "32-bit base: the scratch register's low half")
 }
 
 // A VEX RIP-relative load moved 8 GiB away must address the original target through the
@@ -108,6 +146,9 @@ func TestRefusals(t *testing.T) {
 		{[]byte{0x8f, 0x05, 0, 0, 0, 0}, PopRIPMemory},
 		{[]byte{0x48, 0x03, 0x25, 0, 0, 0, 0}, RSPOperand}, // add 0(%rip), %rsp
 		{[]byte{0x06}, Undecodable},                        // push %es: invalid in 64-bit mode
+		{[]byte{0x66, 0x0f, 0x84, 0, 0, 0, 0}, Branch16},   // Intel: rel32, AMD: rel16
+		{[]byte{0x66, 0xff, 0x25, 0, 0, 0, 0}, Branch16},
+		{[]byte{0x66, 0x74, 0}, Branch16},
 		{nil, Undecodable},
 	} {
 		_, err := Relocate(tc.insn, 0x1000, 0x1000+8<<30)
@@ -124,13 +165,13 @@ func TestPlanStep(t *testing.T) {
 	s, err := PlanStep([]byte{0x74, 0x10}, from, to) // je .+0x10
 	require.NoError(t, err)
 	assert.Equal(t, []byte{0x74, 1}, s.Code)
-	assert.Equal(t, uint64(from+2), s.Resume(to+2), "not taken")
-	assert.Equal(t, uint64(from+2+0x10), s.Resume(to+3), "taken, through the marker")
+	assertResume(t, s, to+2, from+2, "not taken")
+	assertResume(t, s, to+3, from+2+0x10, "taken, through the marker")
 
 	s, err = PlanStep([]byte{0xe8, 0, 1, 0, 0}, from, to) // call .+0x100
 	require.NoError(t, err)
 	assert.True(t, s.Call)
-	assert.Equal(t, uint64(from+5+0x100), s.Resume(to+6))
+	assertResume(t, s, to+6, from+5+0x100, "call target")
 	assert.Equal(t, uint64(from+5), s.ReturnAddress(to+5))
 
 	s, err = PlanStep([]byte{0x48, 0x8b, 0x05, 0x10, 0, 0, 0}, from, to) // mov 0x10(%rip), %rax
@@ -138,12 +179,34 @@ func TestPlanStep(t *testing.T) {
 	assert.NotEqual(t, -1, s.Scratch)
 	assert.NotEqual(t, 0, s.Scratch, "rax is the destination, not a scratch")
 	assert.Equal(t, uint64(from+7+0x10), s.ScratchValue)
-	assert.Equal(t, uint64(from+7), s.Resume(to+uint64(len(s.Code))))
+	assertResume(t, s, to+uint64(len(s.Code)), from+7, "fall through")
+
+	s, err = PlanStep([]byte{0xf3, 0x48, 0xab}, from, to) // rep stos: every iteration traps at To
+	require.NoError(t, err)
+	assert.True(t, s.Repeat)
+	next, done := s.Resume(to)
+	assert.False(t, done, "a REP iteration is not the end of the step")
+	assert.Equal(t, uint64(to), next)
+	assertResume(t, s, to+3, from+3, "the last iteration")
+
+	for _, insn := range [][]byte{{0x9c}, {0x9d}, {0xfa}, {0x66, 0x9c}} {
+		_, err = PlanStep(insn, from, to)
+		var r *Refusal
+		require.True(t, errors.As(err, &r), "% x", insn)
+		assert.Equal(t, StepFlags, r.Reason, "% x: the step's TF would be pushed or popped", insn)
+	}
 
 	s, err = PlanStep([]byte{0x8f, 0x05, 0, 0, 0, 0}, from, to) // pop to rip-relative: fine when stepping
 	require.NoError(t, err)
 	assert.NotEqual(t, -1, s.Scratch)
 	assert.Equal(t, x86asm.POP, decodeAll(t, s.Code)[0].Op)
+}
+
+func assertResume(t *testing.T, s *Step, rip, want uint64, what string) {
+	t.Helper()
+	got, done := s.Resume(rip)
+	assert.True(t, done, what)
+	assert.Equal(t, want, got, what)
 }
 
 // FuzzRelocate: random bytes at random distances never panic, and what comes back decodes.
@@ -152,6 +215,9 @@ func FuzzRelocate(f *testing.F) {
 	f.Add([]byte{0x62, 0xf1, 0x7c, 0x48, 0x10, 0x05, 1, 0, 0, 0}, uint64(0xffffffff81000000), int64(-1<<40))
 	f.Add([]byte{0xff, 0x15, 0, 0, 0, 0}, uint64(0x7fff0000), int64(1<<31))
 	f.Add([]byte{0xe3, 0x10}, uint64(0), int64(-5))
+	for _, insn := range craftedForms { // issue 10's forms, and the rest of the crafted corpus
+		f.Add(insn, uint64(0xffffffff81000000), int64(8<<30))
+	}
 	f.Fuzz(func(t *testing.T, insn []byte, from uint64, d int64) {
 		to := from + uint64(d)
 		if _, _, err := reloc(t, insn, from, to); err != nil && !errors.Is(err, ErrNotRelocatable) {

@@ -15,21 +15,27 @@ type Step struct {
 	FallThrough  uint64 // from+len(insn)
 	Taken        uint64 // a relative branch's target, reached through the marker (0: none)
 	Call         bool   // Code pushed To+len(Code) as a return address: replace it by FallThrough
+	Repeat       bool   // a REP string instruction: each iteration traps with RIP = To
 }
 
 // marker is where a relocated relative branch in Code goes when taken: one byte past Code,
 // never executed — the #DB arrives first and Resume maps it to Taken.
 func (s *Step) marker() uint64 { return s.To + uint64(len(s.Code)) + 1 }
 
-// Resume maps the RIP the #DB reported to where the original instruction would have gone.
-func (s *Step) Resume(rip uint64) uint64 {
+// Resume maps the RIP the #DB reported to where the original instruction would have gone, and
+// says whether the step is done. A REP string instruction traps after every iteration with RIP
+// still at To: not done, so the handler keeps TF, the scratch register and the slot, and lets
+// the next iteration run.
+func (s *Step) Resume(rip uint64) (uint64, bool) {
 	switch {
+	case s.Repeat && rip == s.To:
+		return rip, false
 	case rip == s.To+uint64(len(s.Code)):
-		return s.FallThrough
+		return s.FallThrough, true
 	case s.Taken != 0 && rip == s.marker():
-		return s.Taken
+		return s.Taken, true
 	}
-	return rip
+	return rip, true
 }
 
 // ReturnAddress is the value a call's pushed return address must be replaced with, given the
@@ -47,7 +53,11 @@ func PlanStep(insn []byte, from, to uint64) (*Step, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Step{To: to, Scratch: -1, FallThrough: a.next}
+	switch a.in.Op {
+	case x86asm.PUSHF, x86asm.PUSHFQ, x86asm.POPF, x86asm.POPFQ, x86asm.CLI:
+		return nil, refuse(StepFlags, &a.in, from)
+	}
+	s := &Step{To: to, Scratch: -1, FallThrough: a.next, Repeat: repeated(&a.in)}
 	switch a.kind {
 	case kPlain, kStop:
 		s.Code = append([]byte(nil), a.raw...)
