@@ -1,6 +1,13 @@
 package kernel
 
-import "github.com/usbarmory/tamago/soc/intel/uart"
+import (
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/usbarmory/tamago/soc/intel/uart"
+
+	"tracebed/amd64"
+)
 
 // The console is COM1. Kernel code prints through these helpers, which neither allocate nor
 // format with fmt; the Go side reaches the same port through write(1/2).
@@ -9,10 +16,33 @@ var com1 = uart.UART{Index: 1, Base: 0x3f8}
 
 var consoleLock spinlock
 
+// consoleSeized is set once a fatal report owns the console for good (see seizeConsole).
+var consoleSeized atomic.Bool
+
 func consoleWrite(b []byte) {
+	if consoleSeized.Load() {
+		consoleRaw(b) // the run is ending; the reporting CPU writes without the lock
+		return
+	}
 	consoleLock.lock()
 	consoleRaw(b)
 	consoleLock.unlock()
+}
+
+// seizeSpins bounds how long a fatal report waits for the console lock: 2^18 PAUSEs, about
+// 10 ms on hardware and 0.2 s under TCG (where a PAUSE costs about 0.7 µs).
+const seizeSpins = 1 << 18
+
+// seizeConsole gives the console to a fatal report. It waits a bounded time for consoleLock,
+// then takes the console anyway: the holder is either this CPU, interrupted inside a console
+// write (the fault came from there), or a CPU that does not let go. A report interleaved with a
+// half-written line beats a hang the host can only call a timeout. The console is never given
+// back: the run ends after the report. Trap context.
+func seizeConsole() {
+	for i := 0; i < seizeSpins && !consoleLock.tryLock(); i++ {
+		amd64.Pause()
+	}
+	consoleSeized.Store(true)
 }
 
 // consoleRaw writes b to COM1; the caller holds consoleLock.
@@ -92,4 +122,14 @@ func (k *kbuf) out() {
 	k.c('\n')
 	consoleWrite(k.b[:k.n])
 	k.n = 0
+}
+
+// FaultInConsoleWrite loads the byte at addr while holding the console lock and writes it, the
+// way a console write of an unchecked buffer once faulted under the lock. For the fault_console
+// suite only: it shows that a fault there is reported, not hung. Never returns for a bad addr.
+func FaultInConsoleWrite(addr uintptr) {
+	consoleLock.lock()
+	b := *(*byte)(unsafe.Pointer(addr))
+	consoleRaw([]byte{b})
+	consoleLock.unlock()
 }

@@ -69,16 +69,35 @@ func closeFD(fd int64) int64 {
 	return 0
 }
 
-func sysWriteFD(fd int64, buf, n uint64) int64 {
-	if f := fdOf(fd, fdConsole); f != nil {
-		consoleWrite(userBytes(buf, n))
-		return int64(n)
+// writeConsole writes n bytes of user memory at buf to the console, a chunk at a time through
+// the fault-safe copy; a bad pointer ends it with -EFAULT, or the count already written. Kernel
+// context, klock not held: the console has its own lock, and output may be long.
+func writeConsole(buf, n uint64) int64 {
+	var chunk [256]byte
+	done := uint64(0)
+	for done < n {
+		m := min(n-done, uint64(len(chunk)))
+		got := uint64(copyIn(chunk[:m], buf+done))
+		consoleWrite(chunk[:got])
+		done += got
+		if got < m {
+			return efault(done)
+		}
 	}
+	return int64(n)
+}
+
+// sysWriteFD is write(2) for the fds other than the console (see syscall). Kernel context, klock held.
+func sysWriteFD(fd int64, buf, n uint64) int64 {
 	if f := fdOf(fd, fdEventfd); f != nil {
 		if n < 8 {
 			return -errEINVAL
 		}
-		f.count += *u64(buf)
+		v, ok := getU64(buf)
+		if !ok {
+			return -errEFAULT
+		}
+		f.count += v
 		eventfdReady(fd)
 		return 8
 	}
@@ -93,7 +112,9 @@ func sysReadFD(fd int64, buf, n uint64) int64 {
 		if f.count == 0 {
 			return -errEAGAIN // the runtime's eventfd is EFD_NONBLOCK
 		}
-		*u64(buf) = f.count
+		if !putU64(buf, f.count) {
+			return -errEFAULT
+		}
 		f.count = 0
 		return 8
 	}
@@ -127,7 +148,12 @@ func epollCtl(epfd int64, op uint64, fd int64, ev uint64) int64 {
 		case epollCtlAdd:
 			return -errEEXIST
 		case epollCtlMod:
-			w.events, w.data = *u32(ev), *u64(ev + 4)
+			events, ok1 := getU32(ev)
+			data, ok2 := getU64(ev + 4)
+			if !ok1 || !ok2 {
+				return -errEFAULT
+			}
+			w.events, w.data = events, data
 			return 0
 		case epollCtlDel:
 			ep.watches[i] = ep.watches[ep.nwatch-1]
@@ -141,12 +167,18 @@ func epollCtl(epfd int64, op uint64, fd int64, ev uint64) int64 {
 	if ep.nwatch == maxWatches {
 		return -errENOMEM
 	}
-	ep.watches[ep.nwatch] = watch{fd: int32(fd), events: *u32(ev), data: *u64(ev + 4)}
+	events, ok1 := getU32(ev)
+	data, ok2 := getU64(ev + 4)
+	if !ok1 || !ok2 {
+		return -errEFAULT
+	}
+	ep.watches[ep.nwatch] = watch{fd: int32(fd), events: events, data: data}
 	ep.nwatch++
 	return 0
 }
 
-// epollReady writes up to max ready events of epfd to buf and returns how many.
+// epollReady writes up to max ready events of epfd to buf and returns how many (-EFAULT when
+// buf is bad before the first).
 func epollReady(epfd int64, buf, max uint64) int64 {
 	ep := fdOf(epfd, fdEpoll)
 	if ep == nil {
@@ -157,8 +189,9 @@ func epollReady(epfd int64, buf, max uint64) int64 {
 		w := &ep.watches[i]
 		if f := fdOf(int64(w.fd), fdEventfd); f != nil && f.count > 0 && w.events&epollIn != 0 {
 			e := buf + n*epollEvSize
-			*u32(e) = epollIn
-			*u64(e + 4) = w.data
+			if !putU32(e, epollIn) || !putU32(e+4, uint32(w.data)) || !putU32(e+8, uint32(w.data>>32)) {
+				return efault(n)
+			}
 			n++
 		}
 	}
@@ -186,7 +219,7 @@ func eventfdReady(fd int64) {
 		if t.state != thBlocked || t.wait != waitEpoll {
 			continue
 		}
-		if n := epollReady(int64(t.epfd), t.frame.RSI, t.frame.RDX); n > 0 {
+		if n := epollReady(int64(t.epfd), t.frame.RSI, t.frame.RDX); n != 0 { // n < 0: -EFAULT
 			wake(i, uint64(n))
 		}
 	}

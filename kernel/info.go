@@ -1,6 +1,7 @@
 package kernel
 
 import (
+	"sync/atomic"
 	"time"
 
 	"tracebed/amd64"
@@ -22,7 +23,7 @@ func SyscallCount(nr int) uint64 {
 	if nr < 0 || nr >= maxSyscall {
 		return 0
 	}
-	return syscallCount[nr]
+	return atomic.LoadUint64(&syscallCount[nr])
 }
 
 // ContextSwitches is the number of times any CPU loaded a thread.

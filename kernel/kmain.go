@@ -168,7 +168,7 @@ func startRuntime(c *CPU) {
 	sp := uint64(base) + userStackBytes
 	push := func(s string) uint64 {
 		sp -= uint64(len(s) + 1)
-		b := userBytes(sp, uint64(len(s)+1))
+		b := kernelBytes(sp, uint64(len(s)+1))
 		copy(b, s)
 		b[len(s)] = 0
 		return sp

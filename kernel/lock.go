@@ -25,3 +25,6 @@ func (l *spinlock) lock() {
 }
 
 func (l *spinlock) unlock() { atomic.StoreUint32(&l.v, 0) }
+
+// tryLock takes the lock if it is free, without waiting.
+func (l *spinlock) tryLock() bool { return atomic.CompareAndSwapUint32(&l.v, 0, 1) }

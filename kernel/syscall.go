@@ -5,6 +5,7 @@ import (
 	"unsafe"
 
 	"tracebed/amd64"
+	"tracebed/trap"
 )
 
 // The Linux system-call host: the Go runtime issues SYSCALL exactly as on Linux and these
@@ -93,6 +94,7 @@ const (
 	cloneSetTLS   = 0x80000
 	timerAbstime  = 1
 	ssDisable     = 2
+	sigsetSize    = 8 // the kernel's sigset_t: rt_sigprocmask takes no other size
 )
 
 // Counters shown in diagnostics.
@@ -103,20 +105,13 @@ var (
 	ncpuOnline   int
 )
 
+// u32 and u64 view kernel memory (never a system call's argument: see usercopy.go).
 func u32(p uint64) *uint32 { return (*uint32)(unsafe.Pointer(uintptr(p))) }
 func u64(p uint64) *uint64 { return (*uint64)(unsafe.Pointer(uintptr(p))) }
 
-// userBytes views n bytes of the (single, shared) address space at p.
-func userBytes(p, n uint64) []byte {
+// kernelBytes views n bytes of kernel memory at p.
+func kernelBytes(p, n uint64) []byte {
 	return unsafe.Slice((*byte)(unsafe.Pointer(uintptr(p))), n)
-}
-
-// timespecNs reads a struct timespec.
-func timespecNs(p uint64) int64 { return int64(*u64(p))*1e9 + int64(*u64(p + 8)) }
-
-func putTimespec(p uint64, ns int64) {
-	*u64(p) = uint64(ns / 1e9)
-	*u64(p + 8) = uint64(ns % 1e9)
 }
 
 // syscall dispatches the SYSCALL in f and leaves the result in f.RAX (possibly after
@@ -125,7 +120,13 @@ func (c *CPU) syscall(f *Frame) {
 	nr := f.RAX
 	a0, a1, a2, a3, a4 := f.RDI, f.RSI, f.RDX, f.R10, f.R8
 	if nr < maxSyscall {
-		syscallCount[nr]++
+		atomic.AddUint64(&syscallCount[nr], 1) // every CPU counts here at once
+	}
+	if nr == nrWrite && (a0 == 1 || a0 == 2) {
+		// The console needs no klock (fds 0-2 are the console for good), and output of any
+		// length must not hold up every other system call.
+		f.RAX = uint64(writeConsole(a1, a2))
+		return
 	}
 	klock.lock()
 	var r int64
@@ -149,7 +150,9 @@ func (c *CPU) syscall(f *Frame) {
 		case archSetFS:
 			f.FSBase = a1
 		case archGetFS:
-			*u64(a1) = f.FSBase
+			if !putU64(a1, f.FSBase) {
+				r = -errEFAULT
+			}
 		default:
 			r = -errEINVAL
 		}
@@ -167,13 +170,21 @@ func (c *CPU) syscall(f *Frame) {
 	case nrClockGettime:
 		r = clockGettime(a0, a1)
 	case nrClockGetres:
-		if a1 != 0 {
-			putTimespec(a1, 1)
+		if a1 != 0 && !putTimespec(a1, 1) {
+			r = -errEFAULT
 		}
 	case nrNanosleep:
-		r = c.sleepUntil(f, nanotime()+timespecNs(a0))
+		if d, ok := getTimespec(a0); ok {
+			r = c.sleepUntil(f, nanotime()+d)
+		} else {
+			r = -errEFAULT
+		}
 	case nrClockNanosleep:
-		d := timespecNs(a2)
+		d, ok := getTimespec(a2)
+		if !ok {
+			r = -errEFAULT
+			break
+		}
 		if a1&timerAbstime != 0 {
 			if a0 == 0 { // CLOCK_REALTIME
 				d -= wallBase
@@ -194,17 +205,19 @@ func (c *CPU) syscall(f *Frame) {
 	case nrExitGroup:
 		exitGroup(int(a0))
 	case nrRtSigaction:
-		if a2 != 0 {
-			clear(userBytes(a2, 32)) // struct sigaction without the mask: handler SIG_DFL
+		if a2 != 0 && !zeroUser(a2, 32) { // struct sigaction without the mask: handler SIG_DFL
+			r = -errEFAULT
 		}
 	case nrRtSigprocmask:
-		if a2 != 0 {
-			clear(userBytes(a2, a3))
+		switch {
+		case a3 != sigsetSize:
+			r = -errEINVAL
+		case a2 != 0 && !zeroUser(a2, a3):
+			r = -errEFAULT
 		}
 	case nrSigaltstack:
-		if a1 != 0 {
-			clear(userBytes(a1, 24))
-			*u32(a1 + 8) = ssDisable
+		if a1 != 0 && !(zeroUser(a1, 24) && putU32(a1+8, ssDisable)) {
+			r = -errEFAULT
 		}
 	case nrTgkill, nrTkill, nrKill:
 		signalsSent++ // signals are not delivered (GODEBUG=asyncpreemptoff=1)
@@ -220,9 +233,8 @@ func (c *CPU) syscall(f *Frame) {
 	case nrPrctl, nrRseq:
 		r = -errEINVAL
 	case nrPrlimit64:
-		if a3 != 0 {
-			*u64(a3) = 1024
-			*u64(a3 + 8) = 4096
+		if a3 != 0 && !(putU64(a3, 1024) && putU64(a3+8, 4096)) {
+			r = -errEFAULT
 		}
 	case nrGetrandom:
 		r = getrandom(a0, a1)
@@ -263,12 +275,18 @@ func (c *CPU) sleepUntil(f *Frame, deadline int64) int64 {
 func (c *CPU) futex(f *Frame, addr, op, val, timeout uint64) int64 {
 	switch op & futexCmdMask {
 	case futexWait, futexWaitBits:
-		if atomic.LoadUint32(u32(addr)) != uint32(val) {
+		cur, ok := getU32(addr) // one aligned load: as atomic as the old atomic.LoadUint32
+		if !ok {
+			return -errEFAULT
+		}
+		if cur != uint32(val) {
 			return -errEAGAIN
 		}
 		var deadline int64
 		if timeout != 0 {
-			deadline = timespecNs(timeout)
+			if deadline, ok = getTimespec(timeout); !ok {
+				return -errEFAULT
+			}
 			if op&futexCmdMask == futexWait {
 				deadline += nanotime()
 			}
@@ -321,21 +339,28 @@ func schedGetaffinity(size, mask uint64) int64 {
 	if size < bytes {
 		return -errEINVAL
 	}
-	clear(userBytes(mask, bytes))
+	var bits uint64
 	for i := 0; i < ncpuOnline; i++ {
-		userBytes(mask, bytes)[i/8] |= 1 << (i % 8)
+		bits |= 1 << i
+	}
+	if !putU64(mask, bits) {
+		return -errEFAULT
 	}
 	return bytes
 }
 
 func clockGettime(clk, ts uint64) int64 {
+	var ns int64
 	switch clk {
 	case 0, 5, 8: // REALTIME, REALTIME_COARSE, REALTIME_ALARM
-		putTimespec(ts, walltime())
+		ns = walltime()
 	case 1, 2, 3, 4, 6, 7, 9: // MONOTONIC(+RAW, COARSE), BOOTTIME, CPU-time clocks
-		putTimespec(ts, nanotime())
+		ns = nanotime()
 	default:
 		return -errEINVAL
+	}
+	if !putTimespec(ts, ns) {
+		return -errEFAULT
 	}
 	return 0
 }
@@ -345,15 +370,16 @@ var randState uint64 = 0x9e3779b97f4a7c15
 // getrandom fills buf from splitmix64 seeded by the TSC: good enough for the runtime's hash
 // seeds, not for cryptography.
 func getrandom(buf, n uint64) int64 {
-	b := userBytes(buf, n)
-	for i := range b {
+	for i := uint64(0); i < n; i++ {
 		if i%8 == 0 {
 			randState += 0x9e3779b97f4a7c15 ^ amd64.RDTSC()
 		}
-		z := randState + uint64(i)
+		z := randState + i
 		z = (z ^ z>>30) * 0xbf58476d1ce4e5b9
 		z = (z ^ z>>27) * 0x94d049bb133111eb
-		b[i] = byte(z ^ z>>31)
+		if trap.SafeStore8(uintptr(buf+i), byte(z^z>>31)).Failed() {
+			return efault(i)
+		}
 	}
 	return int64(n)
 }

@@ -10,10 +10,12 @@ import (
 	"tracebed/idt"
 )
 
-// Fault-safe reads for probe actions.
+// Fault-safe reads for probe actions, and reads and writes of user memory for the system-call
+// host (an EFAULT instead of a fatal trap).
 //
-// Protocol (an exception table of four entries): safeLoad8/16/32/64 (safe_amd64.s) each load
-// from addr with their second instruction. When that instruction faults (#PF: not mapped;
+// Protocol (an exception table of six entries): safeLoad8/16/32/64 and safeStore8/64
+// (safe_amd64.s) each access addr with their one instruction through AX. When that instruction
+// faults (#PF: not mapped;
 // #GP: not canonical; #SS), recoverSafeLoad, called first by Dispatch, finds the faulting RIP
 // in the table, writes v=0, the vector and the fault address into the function's results on
 // the interrupted stack, and resumes at the function's return address with RSP past it — as if
@@ -47,7 +49,12 @@ func safeLoad8(addr uintptr) (v uint64, vec uint64, faultAddr uintptr)
 func safeLoad16(addr uintptr) (v uint64, vec uint64, faultAddr uintptr)
 func safeLoad32(addr uintptr) (v uint64, vec uint64, faultAddr uintptr)
 func safeLoad64(addr uintptr) (v uint64, vec uint64, faultAddr uintptr)
-func safeLoadEntries(out *[4]uintptr)
+func safeStore8(addr uintptr, v uint64) (vec uint64, faultAddr uintptr)
+func safeStore64(addr uintptr, v uint64) (vec uint64, faultAddr uintptr)
+func safeLoadEntries(out *[nSafe]uintptr)
+
+// nSafe is the number of fault-safe access functions (the exception table's size).
+const nSafe = 6
 
 // SafeLoad8 reads the byte at addr, or reports why it could not. Trap context allowed.
 func SafeLoad8(addr uintptr) (uint8, Fault) {
@@ -73,6 +80,18 @@ func SafeLoad64(addr uintptr) (uint64, Fault) {
 	return v, Fault{uint8(vec), fa}
 }
 
+// SafeStore8 writes the byte v at addr, or reports why it could not. Trap context allowed.
+func SafeStore8(addr uintptr, v uint8) Fault {
+	vec, fa := safeStore8(addr, uint64(v))
+	return Fault{uint8(vec), fa}
+}
+
+// SafeStore64 writes 8 bytes at addr. Trap context allowed.
+func SafeStore64(addr uintptr, v uint64) Fault {
+	vec, fa := safeStore64(addr, v)
+	return Fault{uint8(vec), fa}
+}
+
 // CopyInString copies the NUL-terminated string at addr into dst, at most len(dst) bytes,
 // and returns its length (without the NUL; len(dst) when no NUL came first). A fault ends the
 // copy: n bytes were copied before it. Trap context allowed.
@@ -91,22 +110,40 @@ func CopyInString(dst []byte, addr uintptr) (n int, f Fault) {
 	return n, Fault{}
 }
 
-// safeRIP holds the address of the faulting instruction of each safe load, found by decoding
-// the first instruction of each; 0 until the package is initialised (a load before that is
-// not recoverable and reports as fatal, as any fault would).
-var safeRIP [4]uintptr
+// safeRIP holds the address of the faulting instruction of each safe access, found by
+// decoding each function up to its access through AX; 0 until the package is initialised (an
+// access before that is not recoverable and reports as fatal, as any fault would).
+var safeRIP [nSafe]uintptr
 
 func init() {
-	var entries [4]uintptr
+	var entries [nSafe]uintptr
 	safeLoadEntries(&entries)
 	for i, entry := range entries {
-		first := (*[16]byte)(unsafe.Pointer(entry))
-		in, err := x86asm.Decode(first[:], 64)
-		if err != nil {
-			panic("trap: cannot decode the first instruction of a safe load")
+		safeRIP[i] = accessThroughAX(entry)
+		if safeRIP[i] == 0 {
+			panic("trap: no access through AX in the first instructions of a safe access")
 		}
-		safeRIP[i] = entry + uintptr(in.Len)
 	}
+}
+
+// accessThroughAX decodes the code at entry, at most four instructions, and returns the
+// address of the first one with a memory operand based on RAX (0: none).
+func accessThroughAX(entry uintptr) uintptr {
+	code := (*[64]byte)(unsafe.Pointer(entry))
+	off := 0
+	for i := 0; i < 4; i++ {
+		in, err := x86asm.Decode(code[off:], 64)
+		if err != nil {
+			return 0
+		}
+		for _, a := range in.Args {
+			if m, ok := a.(x86asm.Mem); ok && m.Base == x86asm.RAX {
+				return entry + uintptr(off)
+			}
+		}
+		off += in.Len
+	}
+	return 0
 }
 
 // recoverSafeLoad returns from a faulting safe load on its behalf (see the protocol above).

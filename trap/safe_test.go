@@ -11,28 +11,40 @@ import (
 	"tracebed/idt"
 )
 
-// The recovery depends on each safe load's layout: the faulting instruction is the second one,
-// a load through the register the first one loaded the argument into, and nothing has moved
-// SP (no frame, no pushes).
+// The recovery depends on each safe access's layout: the one instruction that can fault
+// accesses memory through RAX, which an earlier instruction loaded from the addr argument, and
+// nothing has moved SP (no frame, no pushes).
 func TestSafeLoadLayout(t *testing.T) {
-	var entries [4]uintptr
+	var entries [nSafe]uintptr
 	safeLoadEntries(&entries)
 	for i, entry := range entries {
-		code := unsafe.Slice((*byte)(unsafe.Pointer(entry)), 32)
-		first, err := x86asm.Decode(code, 64)
-		require.NoError(t, err)
-		arg, _ := first.Args[1].(x86asm.Mem)
-		assert.Equal(t, x86asm.MOV, first.Op, "load %d", i)
-		assert.Equal(t, x86asm.RAX, first.Args[0], "load %d", i)
-		assert.Equal(t, x86asm.RSP, arg.Base, "load %d: the argument", i)
-		assert.Equal(t, int64(8), arg.Disp, "load %d: the argument", i)
-		second, err := x86asm.Decode(code[first.Len:], 64)
-		require.NoError(t, err)
-		mem, ok := second.Args[1].(x86asm.Mem)
-		require.True(t, ok, "load %d: %v", i, second)
-		assert.Equal(t, x86asm.RAX, mem.Base, "load %d: %v", i, second)
-		assert.Equal(t, entry+uintptr(first.Len), safeRIP[i])
+		code := unsafe.Slice((*byte)(unsafe.Pointer(entry)), 64)
+		sawAddr := false
+		for off := 0; ; {
+			in, err := x86asm.Decode(code[off:], 64)
+			require.NoError(t, err)
+			require.NotEqual(t, x86asm.PUSH, in.Op, "access %d moves SP", i)
+			if entry+uintptr(off) == safeRIP[i] {
+				break
+			}
+			if m, ok := in.Args[1].(x86asm.Mem); ok && in.Op == x86asm.MOV && in.Args[0] == x86asm.RAX {
+				assert.Equal(t, x86asm.RSP, m.Base, "access %d: RAX from the stack", i)
+				assert.Equal(t, int64(8), m.Disp, "access %d: RAX is the addr argument", i)
+				sawAddr = true
+			}
+			off += in.Len
+			require.Less(t, off, 32, "access %d: safeRIP not on an instruction boundary", i)
+		}
+		assert.True(t, sawAddr, "access %d: addr loaded into RAX before the access", i)
 	}
+}
+
+func TestSafeStores(t *testing.T) {
+	x := [2]uint64{}
+	p := uintptr(unsafe.Pointer(&x[0]))
+	assert.False(t, SafeStore64(p, 0x1122334455667788).Failed())
+	assert.False(t, SafeStore8(p+8, 0x99).Failed())
+	assert.Equal(t, [2]uint64{0x1122334455667788, 0x99}, x)
 }
 
 func TestSafeLoadsOnMappedMemory(t *testing.T) {
@@ -81,6 +93,12 @@ func TestRecoverSafeLoadReturnsOnTheLoadsBehalf(t *testing.T) {
 	stack[0], stack[1] = 0xbeef, 0x4fff
 	require.True(t, recoverSafeLoad(0, f))
 	assert.Equal(t, uint64(0x5000), stack[4], "a #PF reports CR2")
+
+	f = &Frame{Vector: idt.PageFault, CR2: 0x7000, RIP: uint64(safeRIP[5]),
+		RSP: uint64(uintptr(unsafe.Pointer(&stack[0])))}
+	stack[0], stack[1], stack[2] = 0xf00d, 0x7000, 42
+	require.True(t, recoverSafeLoad(0, f), "a store is recovered the same way")
+	assert.Equal(t, [2]uint64{idt.PageFault, 0x7000}, [2]uint64(stack[3:5]))
 
 	other := &Frame{Vector: idt.PageFault, RIP: uint64(safeRIP[0] + 1)}
 	assert.False(t, recoverSafeLoad(0, other), "any other RIP is not recovered")

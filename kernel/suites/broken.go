@@ -5,12 +5,14 @@ import (
 	"unsafe"
 
 	"tracebed/amd64"
+	"tracebed/kernel"
 	"tracebed/kernel/ktest"
 )
 
-// Hang and Fault fail on purpose, in the two ways a kernel under test goes wrong: it stops
-// making progress, or it takes an exception it cannot handle. The host's tests select them
-// and pass only when the host reports exactly that. Neither runs by default.
+// Hang, Fault and FaultConsole fail on purpose, in the ways a kernel under test goes wrong: it
+// stops making progress, or it takes an exception it cannot handle (also while holding the
+// console's lock). The host's tests select them and pass only when the host reports exactly
+// that. None runs by default.
 
 // Hang stops the CPU for good: interrupts off and a spin, as a stuck CPU does.
 var Hang = ktest.Suite{Name: "hang", Cases: []ktest.Case{{"spin_with_interrupts_off", func(t *ktest.T) {
@@ -32,5 +34,15 @@ var Fault = ktest.Suite{Name: "fault", Cases: []ktest.Case{{"load_from_unmapped_
 	t.Logf("faulting on purpose: load from %#x", uintptr(unmapped))
 	p := (*uint64)(unsafe.Pointer(uintptr(unmapped)))
 	t.Diag("value", *p)
+	t.Errorf("load from an unmapped address returned")
+}}}}
+
+// FaultConsole faults while this CPU holds the console lock, as a console write of a bad buffer
+// once did: the fatal report must still be printed (the kernel seizes the console after a
+// bounded wait), not hang on the lock its own CPU holds.
+var FaultConsole = ktest.Suite{Name: "fault_console", Cases: []ktest.Case{{"fault_holding_console_lock", func(t *ktest.T) {
+	t.Logf("faulting on purpose inside a console write: load from %#x", uintptr(unmapped))
+	time.Sleep(10 * time.Millisecond) // let the line reach the console
+	kernel.FaultInConsoleWrite(unmapped)
 	t.Errorf("load from an unmapped address returned")
 }}}}

@@ -30,6 +30,7 @@ var Runtime = ktest.Suite{Name: "runtime", Cases: []ktest.Case{
 	{"gc_stress", gcStress},
 	{"mutex_contention_8", mutexContention},
 	{"preempt_spinning_thread", preemptSpinner},
+	{"efault_bad_user_pointers", efaultCases},
 }}
 
 func goroutines(t *ktest.T) {

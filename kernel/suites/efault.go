@@ -1,0 +1,69 @@
+package suites
+
+import (
+	"syscall"
+	"unsafe"
+
+	"tracebed/kernel/ktest"
+)
+
+// efaultCases: system calls given bad pointers answer -EFAULT, as on Linux, and the kernel goes
+// on (before, the system-call host dereferenced them directly: a fatal #PF under klock, or a
+// hang when it happened inside a console write).
+func efaultCases(t *ktest.T) {
+	const nonCanonical = 0x8000_0000_0000_0000
+	// Not NULL: the kernel's identity map starts at address 0, so page 0 is mapped (a defect
+	// of its own: Go's nil checks rely on a fault there).
+	bad := []uintptr{unmapped, nonCanonical, 0xffff_0000_0000_0000}
+	expect := func(what string, ptr uintptr, errno syscall.Errno) {
+		if errno != syscall.EFAULT {
+			t.Errorf("%s(%#x): errno %d (%v), want EFAULT", what, ptr, int(errno), errno)
+		}
+	}
+	n := 0
+	for _, p := range bad {
+		_, _, e := syscall.Syscall(syscall.SYS_WRITE, 1, p, 16)
+		expect("write", p, e)
+		_, _, e = syscall.Syscall(syscall.SYS_CLOCK_GETTIME, 1, p, 0)
+		expect("clock_gettime", p, e)
+		_, _, e = syscall.Syscall(syscall.SYS_NANOSLEEP, p, 0, 0)
+		expect("nanosleep", p, e)
+		_, _, e = syscall.Syscall6(syscall.SYS_FUTEX, p, 0 /* FUTEX_WAIT */, 0, 0, 0, 0)
+		expect("futex(addr)", p, e)
+		_, _, e = syscall.Syscall(syscall.SYS_SCHED_GETAFFINITY, 0, 8, p)
+		expect("sched_getaffinity", p, e)
+		_, _, e = syscall.Syscall(318 /* getrandom */, p, 16, 0)
+		expect("getrandom", p, e)
+		n += 6
+		var word uint32
+		_, _, e = syscall.Syscall6(syscall.SYS_FUTEX, uintptr(unsafe.Pointer(&word)), 0, 0, p, 0, 0)
+		expect("futex(timeout)", p, e)
+		_, _, e = syscall.Syscall6(syscall.SYS_RT_SIGPROCMASK, 0, 0, p, 8, 0, 0)
+		expect("rt_sigprocmask", p, e)
+		n += 2
+	}
+	t.Diag("bad_pointer_calls", n)
+
+	// A buffer that runs off the end of a mapping: write(2) writes what it could read. (Raw
+	// mmap/munmap: syscall.Munmap unmaps only whole mappings.)
+	const page = 4096
+	base, _, e := syscall.Syscall6(syscall.SYS_MMAP, 0, 2*page, syscall.PROT_READ|syscall.PROT_WRITE,
+		syscall.MAP_ANON|syscall.MAP_PRIVATE, ^uintptr(0), 0)
+	if e != 0 {
+		t.Errorf("mmap: %v", e)
+		return
+	}
+	defer syscall.Syscall(syscall.SYS_MUNMAP, base, page, 0)
+	if _, _, e := syscall.Syscall(syscall.SYS_MUNMAP, base+page, page, 0); e != 0 {
+		t.Errorf("munmap of the second page: %v", e)
+		return
+	}
+	line := "# efault: partial write\n"
+	start := base + page - uintptr(len(line))
+	copy(unsafe.Slice((*byte)(unsafe.Pointer(start)), len(line)), line)
+	r, _, e := syscall.Syscall(syscall.SYS_WRITE, 1, start, uintptr(len(line)+64))
+	t.Diag("partial_write_bytes", int64(r))
+	if e != 0 || int(r) != len(line) {
+		t.Errorf("write across the end of a mapping: %d bytes, errno %v; want %d bytes", int64(r), e, len(line))
+	}
+}
