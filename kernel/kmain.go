@@ -49,6 +49,7 @@ func kmain(startInfo uintptr) {
 	loadCPU(c)
 	hypervisor, hvLeaf = amd64.DetectHypervisor()
 	parseIDTConfig()
+	noPreempt = cmdlineFlag("nopreempt")
 	setupIDT()
 	loadIDT(c)
 	initMemory()

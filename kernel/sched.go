@@ -40,6 +40,10 @@ const MaxThreads = 256
 // timeslice is how long a thread runs before another waiting thread gets the CPU.
 const timeslice = 10_000_000 // ns
 
+// noPreempt (nopreempt=1 on the command line) turns timer preemption off: a mutation switch
+// under which the runtime suite's preempt_spinning_thread must fail (make test checks that).
+var noPreempt bool
+
 // Thread states.
 const (
 	thFree = iota
@@ -277,7 +281,7 @@ func (c *CPU) timerInterrupt(f *Frame) {
 	klock.lock()
 	now := nanotime()
 	wakeExpired(now)
-	if c.current >= 0 && now >= c.sliceEnd && c.threadFrame(f) {
+	if c.current >= 0 && now >= c.sliceEnd && c.threadFrame(f) && !noPreempt {
 		if rqLen > 0 {
 			c.yield(f)
 		} else {

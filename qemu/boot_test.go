@@ -65,13 +65,18 @@ func TestRuntimeSuiteInQEMU(t *testing.T) {
 	rt := rep.Results[0]
 	assert.Equal(t, "runtime", rt.Name)
 	for _, name := range []string{"goroutines_10000", "channels_select_timers", "sleep_accuracy", "maps",
-		"fmt", "panic_recover", "gc_stress", "mutex_contention_8", "preempt_spinning_thread"} {
+		"fmt", "panic_recover", "gc_stress", "mutex_contention_8", "preempt_spinning_thread",
+		"efault_bad_user_pointers"} {
 		c := rt.Find(name)
 		if assert.NotNil(t, c, name) {
 			assert.True(t, c.OK, name)
 		}
 	}
 	assert.Equal(t, 10000.0, diagFloat(t, rt.Find("goroutines_10000"), "spawned"))
+	assert.GreaterOrEqual(t, diagFloat(t, rt.Find("preempt_spinning_thread"), "wakeups_while_all_spinning"), 3.0)
+	assert.Equal(t, 24.0, diagFloat(t, rt.Find("efault_bad_user_pointers"), "bad_pointer_calls"))
+	assert.Equal(t, 24.0, diagFloat(t, rt.Find("efault_bad_user_pointers"), "partial_write_bytes"),
+		"write(2) stops at the end of the mapping")
 	gc := rt.Find("gc_stress")
 	assert.GreaterOrEqual(t, diagFloat(t, gc, "total_alloc_mib"), 1024.0)
 	assert.GreaterOrEqual(t, diagFloat(t, gc, "gc_cycles"), 20.0)
@@ -105,6 +110,37 @@ func TestFaultIsDetected(t *testing.T) {
 	require.Len(t, fields, 3)
 	assert.Contains(t, tail, "tracebed: fatal frame 0 "+fields[0]+" "+fields[1]+" "+fields[2],
 		"kernel and host agree on the faulting frame")
+}
+
+// A fault while this CPU holds the console lock is still reported as a fatal trap: the report
+// seizes the console after a bounded wait. Without that (remove seizeConsole from fatalTrap) the
+// report spins on the lock its own CPU holds and this run ends as a HANG.
+func TestFaultWhilePrintingIsReported(t *testing.T) {
+	rep := boot(t, qemu.Config{Append: "suite=fault_console", Timeout: 2 * time.Minute})
+	require.Equal(t, qemu.Fatal, rep.Outcome, "tail:\n%s", strings.Join(rep.Tail, "\n"))
+	tail := strings.Join(rep.Tail, "\n")
+	assert.Contains(t, tail, "vector 14 #PF page fault")
+	assert.Contains(t, tail, "CR2 0xdeadbee000")
+	assert.Regexp(t, `tracebed: fatal frame 0 0x[0-9a-f]+ tracebed/kernel\.FaultInConsoleWrite `, tail)
+}
+
+// The witness for preemption: with timer preemption off (nopreempt=1), preempt_spinning_thread
+// must fail, because nothing else can give its sleeper a CPU while every CPU spins; every other
+// runtime case still passes.
+func TestPreemptionMutationFails(t *testing.T) {
+	rep := boot(t, qemu.Config{SMP: 2, Append: "suite=runtime nopreempt=1 gc_mib=64", Timeout: 5 * time.Minute})
+	require.Equal(t, qemu.Fail, rep.Outcome, "tail:\n%s", strings.Join(rep.Tail, "\n"))
+	require.Len(t, rep.Results, 1)
+	rt := rep.Results[0]
+	pre := rt.Find("preempt_spinning_thread")
+	require.NotNil(t, pre)
+	assert.False(t, pre.OK, "the preemption case passed with preemption off")
+	assert.Equal(t, 0.0, diagFloat(t, pre, "wakeups_while_all_spinning"))
+	for _, c := range rt.Children {
+		if c.Name != "preempt_spinning_thread" {
+			assert.True(t, c.OK, "%s fails without preemption too", c.Name)
+		}
+	}
 }
 
 func TestBadCommandLineFails(t *testing.T) {

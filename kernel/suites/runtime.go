@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"tracebed/amd64"
 	"tracebed/kernel"
 	"tracebed/kernel/ktest"
 )
@@ -338,40 +339,63 @@ func optionInt(t *ktest.T, key string, def int64) (int64, error) {
 // a CPU. Another goroutine, on another thread, must still sleep and wake 20 times meanwhile,
 // which only happens if the LAPIC timer takes the CPU from the spinning thread. GC is off for
 // the duration: a stop-the-world could not stop the spinner either.
+// preemptSpinner proves timer preemption: as many threads as CPUs spin with no system call and
+// no Go preemption point (nothing but a NOSPLIT RDTSC), for spinFor of guest time, while a
+// goroutine on one more P sleeps 2 ms at a time. Only the kernel's timer can give that sleeper
+// a CPU while they spin; it must wake several times before they stop. With nopreempt=1 it
+// wakes only after they stop, and this case fails (make test runs that mutation).
 func preemptSpinner(t *ktest.T) {
+	const spinFor = 400 * time.Millisecond
+	cpus := kernel.OnlineCPUs()
 	procs := runtime.GOMAXPROCS(0)
-	runtime.GOMAXPROCS(max(procs, kernel.OnlineCPUs()+1))
+	runtime.GOMAXPROCS(cpus + 1)
 	defer runtime.GOMAXPROCS(procs)
 	defer debug.SetGCPercent(debug.SetGCPercent(-1))
-	var stop, spinning atomic.Bool
-	var spins int64
-	done := make(chan int64)
-	go func() {
-		spinning.Store(true)
-		n := int64(0)
-		for !stop.Load() {
-			n++
-		}
-		done <- n
-	}()
-	for !spinning.Load() {
-		runtime.Gosched()
+	// TSC ticks per ns, measured over a sleep, so the spinners need no clock call.
+	t0, n0 := amd64.RDTSC(), kernel.Nanotime()
+	time.Sleep(20 * time.Millisecond)
+	perNs := float64(amd64.RDTSC()-t0) / float64(kernel.Nanotime()-n0)
+	var running, started atomic.Int32
+	var spins atomic.Int64
+	var wg sync.WaitGroup
+	ready := make(chan struct{})
+	for i := 0; i < cpus; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runtime.LockOSThread() // one thread each, so every CPU gets one
+			defer runtime.UnlockOSThread()
+			running.Add(1)
+			if started.Add(1) == int32(cpus) {
+				close(ready)
+			}
+			end := amd64.RDTSC() + uint64(perNs*float64(spinFor))
+			n := int64(0)
+			for amd64.RDTSC() < end {
+				n++
+			}
+			spins.Add(n)
+			running.Add(-1)
+		}()
 	}
+	<-ready
 	before := kernel.ContextSwitches()
+	wakesWhileSpinning, wakes := 0, 0
 	start := time.Now()
-	wakes := 0
-	for i := 0; i < 20; i++ {
+	for running.Load() > 0 && time.Since(start) < 10*spinFor {
 		time.Sleep(2 * time.Millisecond)
 		wakes++
+		if running.Load() == int32(cpus) {
+			wakesWhileSpinning++ // every spinner still spinning, and yet this goroutine ran
+		}
 	}
-	elapsed := time.Since(start)
-	stop.Store(true)
-	spins = <-done
-	t.Diag("wakeups_while_spinning", wakes)
-	t.Diag("spin_iterations", spins)
-	t.Diag("sleep_loop_ms", elapsed.Milliseconds())
+	wg.Wait()
+	t.Diag("spinners", cpus)
+	t.Diag("wakeups", wakes)
+	t.Diag("wakeups_while_all_spinning", wakesWhileSpinning)
+	t.Diag("spin_iterations", spins.Load())
 	t.Diag("context_switches", kernel.ContextSwitches()-before)
-	if spins == 0 {
-		t.Errorf("the spinner never ran")
+	if wakesWhileSpinning < 3 {
+		t.Errorf("the sleeper woke %d times while %d threads spun on %d CPUs for %v: no preemption", wakesWhileSpinning, cpus, cpus, spinFor)
 	}
 }
