@@ -99,6 +99,10 @@ const (
 	ErrGateType
 	ErrIST
 	ErrSyntax
+	ErrGateIRQ
+	ErrGateAnywhere
+	ErrISTAnywhere
+	ErrISTTrapShared
 )
 
 func (e ParseError) Error() string {
@@ -113,8 +117,58 @@ func (e ParseError) Error() string {
 		return "idt.ist: the IST slot must be a number from 0 to 7"
 	case ErrSyntax:
 		return "idt.gate/idt.ist: want a comma-separated list of VECTOR:VALUE"
+	case ErrGateIRQ:
+		return "idt.gate: vectors 32-255 must stay interrupt gates: their handlers hold klock, which an interrupt nesting on the same CPU would spin on for good"
+	case ErrGateAnywhere:
+		return "idt.gate: NMI, #DF and #MC must stay interrupt gates: an interrupt nesting before their entry leaves the IST stack would reopen NMIs with its IRET"
+	case ErrISTAnywhere:
+		return "idt.ist: NMI, #DF and #MC need an IST slot no other vector uses: they arrive at any instruction, also while another entry is still on its IST stack"
+	case ErrISTTrapShared:
+		return "idt.ist: a trap gate's IST slot must not be shared with vectors 32-255: an interrupt arriving before its entry leaves the IST stack would overwrite it"
 	}
 	return "ok"
+}
+
+// Check reports the first setting the kernel's locking or its IST move cannot survive, and the
+// vector it concerns. The rules (the entry moves every frame off its IST stack first thing, but
+// something can arrive before it has):
+//   - vectors 32-255 are interrupt gates: the timer and IPI handlers hold klock, and an
+//     interrupt nesting inside one would spin on the lock its own CPU holds;
+//   - NMI, #DF and #MC are interrupt gates, each with an IST slot of its own: they arrive at
+//     any instruction, so also inside another vector's entry still on a shared IST stack, and an
+//     interrupt nesting in an NMI's entry would reopen NMIs with its IRET;
+//   - a trap gate (IF stays set) with an IST slot shares it with no vector 32-255: an
+//     interrupt arriving before its entry has left the IST stack would overwrite the frame.
+func (c *Config) Check() (ParseError, int) {
+	for v := 32; v < 256; v++ {
+		if c.Type[v] != TypeInterrupt {
+			return ErrGateIRQ, v
+		}
+	}
+	for _, v := range [...]int{NMI, DoubleFault, MachineCheck} {
+		if c.Type[v] != TypeInterrupt {
+			return ErrGateAnywhere, v
+		}
+		if c.IST[v] == ISTNone {
+			return ErrISTAnywhere, v
+		}
+		for w := 0; w < 256; w++ {
+			if w != v && c.IST[w] == c.IST[v] {
+				return ErrISTAnywhere, v
+			}
+		}
+	}
+	for v := 0; v < 32; v++ {
+		if c.Type[v] != TypeTrap || c.IST[v] == ISTNone {
+			continue
+		}
+		for w := 32; w < 256; w++ {
+			if c.IST[w] == c.IST[v] {
+				return ErrISTTrapShared, v
+			}
+		}
+	}
+	return ParseOK, 0
 }
 
 // ParseMode parses the value of idt=.

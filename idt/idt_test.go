@@ -100,8 +100,45 @@ func TestParseConfig(t *testing.T) {
 	for s, want := range map[string]ParseError{"3:8": ErrIST, "3:x": ErrIST, "3:": ErrIST, "1000:1": ErrVector} {
 		assert.Equal(t, want, c.ParseISTs(s), "idt.ist=%q", s)
 	}
-	for _, e := range []ParseError{ErrMode, ErrVector, ErrGateType, ErrIST, ErrSyntax} {
+	for _, e := range []ParseError{ErrMode, ErrVector, ErrGateType, ErrIST, ErrSyntax, ErrGateIRQ,
+		ErrGateAnywhere, ErrISTAnywhere, ErrISTTrapShared} {
 		assert.NotEqual(t, "ok", e.Error())
+	}
+}
+
+// Settings the kernel cannot survive are refused, each with the rule it breaks; the ones make
+// test boots with are accepted.
+func TestConfigCheck(t *testing.T) {
+	for _, tc := range []struct {
+		gate, ist string
+		want      ParseError
+		vector    int
+	}{
+		{"", "", ParseOK, 0},
+		{"3:trap", "", ParseOK, 0},           // #BP on its own IST slot
+		{"3:trap,1:trap", "3:0", ParseOK, 0}, // a trap gate without a stack switch
+		{"3:trap", "3:2", ParseOK, 0},        // sharing with other exceptions only
+		{"48:trap", "", ErrGateIRQ, 48},      // the timer
+		{"255:trap", "", ErrGateIRQ, 255},
+		{"2:trap", "", ErrGateAnywhere, NMI},
+		{"18:trap", "", ErrGateAnywhere, MachineCheck},
+		{"", "2:0", ErrISTAnywhere, NMI},
+		{"", "2:1", ErrISTAnywhere, NMI},          // shares the IRQ slot
+		{"", "14:4", ErrISTAnywhere, DoubleFault}, // a #PF on #DF's stack
+		{"", "50:5", ErrISTAnywhere, MachineCheck},
+		{"3:trap", "3:1", ErrISTTrapShared, Breakpoint},
+		{"14:trap", "48:2", ErrISTTrapShared, PageFault},
+	} {
+		c := DefaultConfig()
+		if tc.gate != "" {
+			require.Equal(t, ParseOK, c.ParseGates(tc.gate))
+		}
+		if tc.ist != "" {
+			require.Equal(t, ParseOK, c.ParseISTs(tc.ist))
+		}
+		e, v := c.Check()
+		assert.Equal(t, tc.want, e, "idt.gate=%s idt.ist=%s: %v", tc.gate, tc.ist, e)
+		assert.Equal(t, tc.vector, v, "idt.gate=%s idt.ist=%s", tc.gate, tc.ist)
 	}
 }
 

@@ -38,7 +38,7 @@ func kmain(startInfo uintptr) {
 	k.s("tracebed: PVH entry, start_info at ").hex(uint64(startInfo)).out()
 	if r := parseStartInfo(uint64(startInfo), &boot); r != startInfoOK {
 		k.s("tracebed: fatal: bad hvm_start_info (").dec(int64(r)).s("): boot through PVH").out()
-		debugExit(0x12)
+		debugExit(ktest.ExitFatal)
 	}
 
 	lapic.Base = uint32(amd64.RDMSR(amd64.MSR_APIC_BASE) &^ 0xfff)
@@ -56,7 +56,7 @@ func kmain(startInfo uintptr) {
 
 	if !calibrateTSC() {
 		k.s("tracebed: fatal: the PIT never counted down; cannot calibrate the TSC").out()
-		debugExit(0x12)
+		debugExit(ktest.ExitFatal)
 	}
 	wallBase = readRTC() * 1e9
 	bootTime.calibrated = nanotime()
@@ -103,6 +103,11 @@ func parseIDTConfig() {
 	if e != idt.ParseOK {
 		var k kbuf
 		k.s("tracebed: fatal: ").s(e.Error()).out()
+		debugExit(ktest.ExitFatal)
+	}
+	if e, v := idtConfig.Check(); e != idt.ParseOK {
+		var k kbuf
+		k.s("tracebed: fatal: ").s(e.Error()).s(" (vector ").dec(int64(v)).s(")").out()
 		debugExit(ktest.ExitFatal)
 	}
 	if idtConfig.Mode == idt.XenPV && hypervisor != amd64.HVXen {
@@ -164,7 +169,7 @@ func startRuntime(c *CPU) {
 	if base < 0 {
 		var k kbuf
 		k.s("tracebed: fatal: no memory for the initial stack").out()
-		debugExit(0x12)
+		debugExit(ktest.ExitFatal)
 	}
 	sp := uint64(base) + userStackBytes
 	push := func(s string) uint64 {

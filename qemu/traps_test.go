@@ -89,6 +89,11 @@ func TestIDTParametersAreChecked(t *testing.T) {
 		"idt.gate=3:task":   "idt.gate: the type must be trap or intr",
 		"idt.ist=14:9":      "idt.ist: the IST slot must be a number from 0 to 7",
 		"idt.gate=300:trap": "idt.gate/idt.ist: the vector must be a decimal number from 0 to 255",
+		// Parse, but the kernel's locking or the IST move cannot survive them (idt.Config.Check).
+		"idt.gate=48:trap":            "idt.gate: vectors 32-255 must stay interrupt gates",
+		"idt.gate=2:trap":             "idt.gate: NMI, #DF and #MC must stay interrupt gates",
+		"idt.ist=2:1":                 "idt.ist: NMI, #DF and #MC need an IST slot no other vector uses",
+		"idt.gate=3:trap idt.ist=3:1": "idt.ist: a trap gate's IST slot must not be shared with vectors 32-255",
 	} {
 		rep := boot(t, qemu.Config{Append: appendWords, Timeout: time.Minute})
 		require.Equal(t, qemu.Fatal, rep.Outcome, "%s: tail:\n%s", appendWords, strings.Join(rep.Tail, "\n"))
