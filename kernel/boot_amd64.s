@@ -1,7 +1,9 @@
 #include "textflag.h"
 #include "frame_amd64.h"
 
-// PVH boot (see ../shared/DESIGN.md §2). QEMU enters pvhEntry in 32-bit protected mode with
+// PVH boot: QEMU -kernel (like Xen PVH, Firecracker and Cloud Hypervisor) finds the entry in the
+// ELF note of type 18, XEN_ELFNOTE_PHYS32_ENTRY (package pvh writes it), and enters pvhEntry in
+// 32-bit protected mode with
 // paging off and EBX = physical address of hvm_start_info. Everything up to the far return
 // into entry64 executes in 32-bit mode, so it uses only encodings that mean the same in 32-
 // and 64-bit mode (no REX prefix, no RIP-relative operands) and BYTE for the rest; check with

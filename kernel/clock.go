@@ -72,10 +72,24 @@ func nanotime() int64 {
 // walltime is Unix time in ns.
 func walltime() int64 { return wallBase + nanotime() }
 
-// CMOS RTC (MC146818) registers.
+// CMOS RTC (MC146818) ports and registers.
 const (
 	portCMOSIndex = 0x70
 	portCMOSData  = 0x71
+
+	rtcSeconds = 0x00
+	rtcMinutes = 0x02
+	rtcHours   = 0x04 // bit 7: PM, in 12-hour mode
+	rtcDay     = 0x07
+	rtcMonth   = 0x08
+	rtcYear    = 0x09
+	rtcStatusA = 0x0a // bit 7: update in progress
+	rtcStatusB = 0x0b // bit 1: 24-hour mode; bit 2: binary, not BCD
+	rtcCentury = 0x32 // the ACPI FADT's customary century register
+	rtcUIP     = 0x80
+	rtc24Hour  = 0x02
+	rtcBinary  = 0x04
+	rtcHourPM  = 0x80
 )
 
 func cmos(reg uint8) uint8 {
@@ -85,18 +99,22 @@ func cmos(reg uint8) uint8 {
 
 // readRTC returns the RTC's time as Unix seconds.
 func readRTC() int64 {
-	for cmos(0x0a)&0x80 != 0 { // update in progress
+	for cmos(rtcStatusA)&rtcUIP != 0 {
 	}
-	sec, min, hour := cmos(0x00), cmos(0x02), cmos(0x04)
-	day, mon, year, cent := cmos(0x07), cmos(0x08), cmos(0x09), cmos(0x32)
-	statusB := cmos(0x0b)
-	if statusB&0x04 == 0 { // BCD
+	sec, min, hour := cmos(rtcSeconds), cmos(rtcMinutes), cmos(rtcHours)
+	day, mon, year, cent := cmos(rtcDay), cmos(rtcMonth), cmos(rtcYear), cmos(rtcCentury)
+	statusB := cmos(rtcStatusB)
+	if statusB&rtcBinary == 0 { // BCD
 		bcd := func(v uint8) uint8 { return v>>4*10 + v&15 }
 		sec, min, day, mon, year, cent = bcd(sec), bcd(min), bcd(day), bcd(mon), bcd(year), bcd(cent)
-		hour = bcd(hour&0x7f) | hour&0x80
+		hour = bcd(hour&^rtcHourPM) | hour&rtcHourPM
 	}
-	if statusB&0x02 == 0 && hour&0x80 != 0 { // 12-hour clock, PM
-		hour = (hour&0x7f)%12 + 12
+	if statusB&rtc24Hour == 0 { // 12-hour clock: 12 AM is hour 0, 12 PM hour 12
+		pm := hour&rtcHourPM != 0
+		hour = (hour &^ rtcHourPM) % 12
+		if pm {
+			hour += 12
+		}
 	}
 	y := int64(year) + 100*int64(cent)
 	if cent == 0 {

@@ -9,8 +9,10 @@ import (
 	"tracebed/pvh"
 )
 
-// LinkFlags place the image for PVH: ELF headers at 1 MiB, text right after (DESIGN.md §2),
-// entry at the 32-bit PVH entry point.
+// LinkFlags place the image for PVH: -T sets where .text starts, and the linker puts the ELF
+// headers one page below it, so 0x101000 gives headers at 1 MiB and text right after (with
+// -T 0x100000 the headers would land at 0xff000, below 1 MiB). The entry is the 32-bit PVH
+// entry point, which the PVH note (package pvh) also names.
 const LinkFlags = "-T 0x101000 -E tracebed/kernel.pvhEntry"
 
 // BuildKernel builds ./cmd/kernel of the module at root into out with the stock toolchain, as
