@@ -123,4 +123,9 @@ func TestDispatchCallsRegisteredHandler(t *testing.T) {
 	assert.Equal(t, uint64(1), s.Nested)
 	assert.Equal(t, uint64(1), NestedCount(1, 0x30))
 	assert.Equal(t, uint64(1), Count(1, idt.Breakpoint))
+	ResetMaxDepth(1)
+	assert.Equal(t, int32(0), CPUStats(1).MaxDepth, "the record restarts from the current depth")
+	Enter(1, idt.Breakpoint)
+	assert.Equal(t, int32(1), CPUStats(1).MaxDepth)
+	Exit(1)
 }

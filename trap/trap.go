@@ -133,6 +133,13 @@ func CPUStats(cpu int) Stats {
 		Nested: atomic.LoadUint64(&s.nested), Recovered: atomic.LoadUint64(&s.recovered)}
 }
 
+// ResetMaxDepth restarts the CPU's deepest-nesting record from its current depth, so that a
+// test sees the depth its own traps reach rather than an earlier record. Called on that CPU.
+func ResetMaxDepth(cpu int) {
+	s := &percpu[cpu]
+	atomic.StoreInt32(&s.maxDepth, atomic.LoadInt32(&s.depth))
+}
+
 // Count is how often cpu entered through vector v (idt vector, or VecSyscall).
 func Count(cpu int, v int) uint64 { return atomic.LoadUint64(&percpu[cpu].counts[v]) }
 
