@@ -80,7 +80,7 @@ func kmain(startInfo uintptr) {
 // line (idt=, idt.gate=, idt.ist=; package idt documents them).
 var idtConfig idt.Config
 
-// Stub sets in stubTable (gen_stubs.sh).
+// Stub sets in stubTable (idt.EntryStubs, written by go generate ./kernel).
 const (
 	stubsNative = 0
 	stubsPV     = 256
