@@ -34,7 +34,7 @@ const (
 	InterruptShadow Reason = "opens an interrupt shadow (sti, mov ss, pop ss)"
 	Branch16        Reason = "16-bit operand-size branch (RIP truncated on AMD)"
 	PopRIPMemory    Reason = "pop into RIP-relative memory out of rel32 reach"
-	StepFlags       Reason = "reads or writes RFLAGS.TF or IF, which single-stepping sets (pushf, popf, cli): emulate it instead"
+	StepFlags       Reason = "reads or writes RFLAGS.TF, set for the step, or IF, which the step holds clear (pushf, popf, cli): emulate it instead"
 	RSPOperand      Reason = "uses RSP and RIP-relative memory out of rel32 reach"
 	NoScratch       Reason = "no free scratch register for RIP-relative memory out of rel32 reach"
 )
@@ -80,6 +80,7 @@ type analysis struct {
 	ripMem bool   // the memory operand is RIP-relative (kRIPMem, kCallInd)
 	enc    encoding
 	pfx    int // offset of the first byte after legacy prefixes
+	op     int // offset of the opcode (after legacy prefixes, REX, VEX or EVEX)
 }
 
 // How the instruction encodes ModRM.rm's fourth bit.
@@ -167,7 +168,13 @@ func analyze(insn []byte, from uint64) (*analysis, error) {
 		a.enc, opAt = encEVEX, a.pfx+4
 	case op&0xf0 == 0x40:
 		a.enc, opAt = encREX, a.pfx+1
+		// A REX prefix counts only right before the opcode; another REX or a legacy prefix
+		// after it makes x86asm and the CPU disagree about which bits apply. Refused.
+		if opAt >= len(a.raw) || a.raw[opAt]&0xf0 == 0x40 || isLegacyPrefix(a.raw[opAt]) {
+			return nil, refuse(Undecodable, &in, from)
+		}
 	}
+	a.op = opAt
 	if r, bad := refused(&in); bad {
 		return nil, refuse(r, &in, from)
 	}
@@ -292,10 +299,10 @@ func isString(op x86asm.Op) bool {
 
 // repeated reports a string instruction with a REP, REPE or REPNE prefix: under TF it traps
 // after every iteration with RIP still at the instruction (SDM Vol. 3, 18.3.1.4).
-func repeated(in *x86asm.Inst) bool {
-	if !isString(in.Op) {
-		return false
-	}
+func repeated(in *x86asm.Inst) bool { return isString(in.Op) && hasRep(in) }
+
+// hasRep reports a REP, REPE or REPNE prefix.
+func hasRep(in *x86asm.Inst) bool {
 	for _, p := range in.Prefix {
 		if p == 0 {
 			break
@@ -440,13 +447,8 @@ func implicitRegs(in *x86asm.Inst) uint32 {
 		x86asm.CALL, x86asm.RET:
 		m = mSP
 	}
-	for _, p := range in.Prefix {
-		if p == 0 {
-			break
-		}
-		if p&0xff == x86asm.PrefixREP || p&0xff == x86asm.PrefixREPN {
-			m |= mCX
-		}
+	if hasRep(in) {
+		m |= mCX
 	}
 	if isString(in.Op) {
 		m |= mAX | mCX | mDX | mSI | mDI

@@ -111,8 +111,9 @@ func textOf(path string) (ins []insn, bad int, err error) {
 }
 
 // unsafeInUserMode says why the harness must not run an instruction ("" when it may): it is
-// not deterministic, changes the process's segments, flags or protection keys in ways that
-// break the harness, loads extended state the harness does not control, or waits.
+// not deterministic, changes the process's segments or flags in ways that break the harness,
+// loads extended state the harness does not control (PKRU among it), or waits. (WRPKRU and
+// RDSEED never get here: x86asm does not decode them, so the relocator refuses them.)
 func unsafeInUserMode(in *x86asm.Inst) string {
 	switch in.Op {
 	case x86asm.RDTSC, x86asm.RDTSCP, x86asm.RDRAND, x86asm.RDPMC:
@@ -184,9 +185,19 @@ func newTally() *tally {
 // Modes of xrun: a boosted copy (Relocate) runs on its own; a step (PlanStep) runs one
 // instruction under TF and gets the #DB handler's fix-ups.
 const (
-	modeBoost = 0
-	modeStep  = 1
+	modeBoost       = 0
+	modeStep        = 1
+	modeStackBottom = 0x100 // flag: the instruction writes the stack (xrun sometimes starts RSP at the bottom)
 )
+
+// writesStack: the instructions whose own stack write may fault (push, call, enter).
+func writesStack(op x86asm.Op) bool {
+	switch op {
+	case x86asm.PUSH, x86asm.PUSHF, x86asm.PUSHFQ, x86asm.CALL, x86asm.ENTER:
+		return true
+	}
+	return false
+}
 
 // xcase is one relocation or step handed to xrun.
 type xcase struct {
@@ -246,16 +257,23 @@ func (c *xcase) write(w *bufio.Writer) error {
 }
 
 // execute runs the cases through one xrun process, in order, and returns its first line (what
-// extended state it controls) and its verdict lines.
-func execute(t *testing.T, cases []xcase) (string, []string) {
-	cmd := exec.Command(xrun(t))
+// extended state it controls) and its verdict lines. It runs beside the test goroutine, so it
+// returns its failure instead of stopping the test.
+func execute(path string, cases []xcase) (string, []string, error) {
+	cmd := exec.Command(path)
 	stdin, err := cmd.StdinPipe()
-	require.NoError(t, err)
+	if err != nil {
+		return "", nil, err
+	}
 	stdout, err := cmd.StdoutPipe()
-	require.NoError(t, err)
+	if err != nil {
+		return "", nil, err
+	}
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
-	require.NoError(t, cmd.Start())
+	if err := cmd.Start(); err != nil {
+		return "", nil, err
+	}
 	go func() {
 		w := bufio.NewWriterSize(stdin, 1<<16)
 		for i := range cases {
@@ -275,17 +293,17 @@ func execute(t *testing.T, cases []xcase) (string, []string) {
 	for sc.Scan() {
 		lines = append(lines, sc.Text())
 	}
-	err = cmd.Wait()
-	require.NoError(t, err, "xrun died after %d of %d cases (last: %s): %s", len(lines), len(cases),
-		func() string {
-			if len(lines) < len(cases) {
-				return cases[len(lines)].desc
-			}
-			return ""
-		}(), stderr.String())
-	require.True(t, strings.HasPrefix(head, "xstate "), "xrun's first line: %q", head)
-	require.Len(t, lines, len(cases))
-	return head, lines
+	if err := cmd.Wait(); err != nil || len(lines) != len(cases) {
+		last := ""
+		if len(lines) < len(cases) {
+			last = cases[len(lines)].desc
+		}
+		return "", nil, fmt.Errorf("xrun: %v after %d of %d cases (next: %s): %s", err, len(lines), len(cases), last, stderr.String())
+	}
+	if !strings.HasPrefix(head, "xstate ") {
+		return "", nil, fmt.Errorf("xrun's first line: %q", head)
+	}
+	return head, lines, nil
 }
 
 // form names an instruction's shape for grouping mismatches: mnemonic, operand kinds, and the
@@ -345,6 +363,10 @@ func plan(t *testing.T, ins []insn) (boost, step []xcase, tb, ts *tally, unique 
 		for di, d := range distances {
 			from := home + in.addr%4096 + uint64(di)*0x10000
 			to := from + uint64(d.d)
+			var flags uint32
+			if writesStack(dec.Op) {
+				flags = modeStackBottom
+			}
 			base := xcase{from: from, to: to, orig: in.b, form: form(&dec, in.b),
 				desc: fmt.Sprintf("%s % x at %#x → %s", x86asm.GNUSyntax(dec, in.addr, nil), in.b, in.addr, d.name)}
 			a, aerr := analyze(in.b, from)
@@ -365,7 +387,7 @@ func plan(t *testing.T, ins []insn) (boost, step []xcase, tb, ts *tally, unique 
 					tb.unsafe[why]++
 				} else {
 					c := base
-					c.mode, c.code, c.body, c.faults = modeBoost, cp.Code, cp.Body, cp.Faults
+					c.mode, c.code, c.body, c.faults = modeBoost|flags, cp.Code, cp.Body, cp.Faults
 					c.seed = uint64(len(boost))
 					boost = append(boost, c)
 				}
@@ -377,7 +399,7 @@ func plan(t *testing.T, ins []insn) (boost, step []xcase, tb, ts *tally, unique 
 					ts.unsafe[why]++
 				} else {
 					c := base
-					c.mode, c.code, c.step = modeStep, st.Code, st
+					c.mode, c.code, c.step = modeStep|flags, st.Code, st
 					c.faults = []Fault{{Off: 0, Saved: -1}} // the stepped instruction itself
 					c.seed = uint64(len(step))
 					step = append(step, c)
@@ -473,16 +495,19 @@ func TestRelocateByExecution(t *testing.T) {
 			t.Logf("%s: %d instructions (%d bytes undecodable), %d unique", name, tb.tried, bad[name], unique)
 			// One xrun per mode, side by side: make test runs packages one at a time, so this
 			// is the only thing on the machine's two cores.
-			var head string
-			var lb, ls []string
+			path := xrun(t)
+			var ls []string
+			var errStep error
 			var wg sync.WaitGroup
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				_, ls = execute(t, step)
+				_, ls, errStep = execute(path, step)
 			}()
-			head, lb = execute(t, boost)
+			head, lb, errBoost := execute(path, boost)
 			wg.Wait()
+			require.NoError(t, errBoost, "boost")
+			require.NoError(t, errStep, "step")
 			t.Logf("%s: harness %s", name, head)
 			tb.verdicts(boost, lb)
 			ts.verdicts(step, ls)

@@ -41,12 +41,17 @@ func Relocate(insn []byte, from, to uint64) (*Copy, error) {
 			e.jmp(a.next)
 		}
 	case kJmpRel:
+		e.fault(-1, 0) // a non-canonical target: #GP on the jump, as on the original's
 		e.jmp(a.target)
 	case kCondRel:
 		e.cond(a)
+		if !sameOp(e.b, a.in.Op) {
+			return nil, refuse(Undecodable, &a.in, from)
+		}
 	case kCallRel:
 		e.fault(-1, 0)
 		e.pushImm(a.next)
+		e.fault(-1, 8) // a non-canonical target: #GP on the jump, where the original pushed nothing
 		e.jmp(a.target)
 	case kCallInd:
 		e.pushOperand(a)
@@ -168,13 +173,14 @@ func (e *emitter) cond(a *analysis) {
 	e.raw(op)
 	e.raw([]byte{byte(fall)})
 	e.jmp(a.next)
+	e.fault(-1, 0) // a non-canonical target: #GP on the jump, as on the taken original
 	e.jmp(a.target)
 }
 
 // shortCond returns the opcode bytes of a's condition in its rel8 form, to be followed by the
 // 8-bit displacement.
 func shortCond(a *analysis) []byte {
-	c := a.raw[a.pfx:]
+	c := a.raw[a.op:] // past legacy prefixes and REX (ignored on these branches)
 	switch {
 	case c[0] == 0x0f && c[1]&0xf0 == 0x80: // jcc rel32 → jcc rel8
 		return []byte{0x70 | c[1]&0x0f}
@@ -184,6 +190,13 @@ func shortCond(a *analysis) []byte {
 		return []byte{0x67, c[0]}
 	}
 	return []byte{c[0]} // jrcxz, loop*: rel8 only
+}
+
+// sameOp reports whether code starts with an instruction of operation op: the rewritten form
+// of a branch or operand must still be the same instruction, not just decode.
+func sameOp(code []byte, op x86asm.Op) bool {
+	in, err := decode(code)
+	return err == nil && in.Op == op
 }
 
 // nearCopy returns a copy of the instruction for address at whose RIP-relative displacement
@@ -300,6 +313,9 @@ func (e *emitter) ripMem(a *analysis) error {
 	b, r, ok := withScratch(a, used, high)
 	if !ok {
 		return refuse(NoScratch, in, a.from)
+	}
+	if !sameOp(b, in.Op) {
+		return refuse(Undecodable, in, a.from)
 	}
 	e.pushReg(r)
 	e.movabs(r, a.target)

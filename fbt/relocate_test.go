@@ -105,6 +105,39 @@ func TestFarJmpThroughRIP(t *testing.T) {
 	}
 }
 
+// Found by hostile input: a REX prefix on a conditional branch (ignored by the CPU) was taken
+// for the opcode, and the copy became "add $imm, %rax; jmp target": an unconditional jump.
+func TestREXOnConditionalBranches(t *testing.T) {
+	const from = 0x7f0000000000
+	for _, tc := range []struct {
+		insn []byte
+		op   x86asm.Op
+	}{
+		{[]byte{0x48, 0x74, 0x10}, x86asm.JE},
+		{[]byte{0x41, 0x75, 0x10}, x86asm.JNE},
+		{[]byte{0x40, 0x0f, 0x84, 0, 1, 0, 0}, x86asm.JE},
+		{[]byte{0x48, 0xe3, 0x10}, x86asm.JRCXZ},
+		{[]byte{0x48, 0xe2, 0x10}, x86asm.LOOP},
+		{[]byte{0x67, 0x48, 0xe2, 0x10}, x86asm.LOOP},
+	} {
+		for _, to := range []uint64{from - 0x6f000000, from - 0x1009, from + 8<<30} {
+			_, ins, err := reloc(t, tc.insn, from, to)
+			require.NoError(t, err, "% x", tc.insn)
+			assert.Equal(t, tc.op, ins[0].Op, "% x → %#x: the copy starts with the same branch", tc.insn, to)
+			s, err := PlanStep(tc.insn, from, to)
+			require.NoError(t, err, "% x", tc.insn)
+			assert.Equal(t, tc.op, decodeAll(t, s.Code)[0].Op, "% x: the step is the same branch", tc.insn)
+		}
+	}
+	s, err := PlanStep([]byte{0xeb, 0xfe}, 0, 8<<30) // jmp . at address 0: a branch to 0
+	require.NoError(t, err)
+	assertResume(t, s, 8<<30+3, 0, "a taken branch to address 0")
+	for _, insn := range [][]byte{{0x48, 0x48, 0x74, 0x10}, {0x48, 0x66, 0x8b, 0x05, 0, 0, 0, 0}} {
+		_, err := Relocate(insn, from, from+8<<30)
+		assert.ErrorIs(t, err, ErrNotRelocatable, "% x: REX not right before the opcode", insn)
+	}
+}
+
 // An [EIP+d] operand (address-size prefix) is RIP-relative too, though x86asm reports no PCRel
 // for it; its target wraps at 4 GiB.
 func TestEIPRelative(t *testing.T) {
@@ -220,8 +253,28 @@ func FuzzRelocate(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, insn []byte, from uint64, d int64) {
 		to := from + uint64(d)
-		if _, _, err := reloc(t, insn, from, to); err != nil && !errors.Is(err, ErrNotRelocatable) {
+		c, err := Relocate(insn, from, to)
+		if err != nil && !errors.Is(err, ErrNotRelocatable) {
 			t.Fatalf("error %v does not match ErrNotRelocatable", err)
+		}
+		if err == nil {
+			// Body and every fault point are instruction boundaries of the copy.
+			bounds := map[int]bool{}
+			off := 0
+			lits := c.lits
+			for _, in := range decodeAll(t, c.Code, c.lits...) {
+				for len(lits) > 0 && lits[0] == off {
+					off += 8
+					lits = lits[1:]
+				}
+				bounds[off] = true
+				off += in.Len
+			}
+			require.True(t, bounds[c.Body], "% x: body at %d", insn, c.Body)
+			for _, f := range c.Faults {
+				require.True(t, bounds[f.Off], "% x: fault point at %d", insn, f.Off)
+				require.True(t, f.Saved >= -1 && f.Saved < 16 && f.Pushed >= 0 && f.Pushed <= 16, "% x: %+v", insn, f)
+			}
 		}
 		if s, err := PlanStep(insn, from, to); err == nil {
 			decodeAll(t, s.Code)

@@ -13,7 +13,8 @@ type Step struct {
 	Scratch      int    // GPR number (0 RAX … 15 R15) to save, load and restore; -1 for none
 	ScratchValue uint64 // what Scratch holds while Code runs
 	FallThrough  uint64 // from+len(insn)
-	Taken        uint64 // a relative branch's target, reached through the marker (0: none)
+	Branch       bool   // Code is a relocated relative branch, taken when it reaches the marker
+	Taken        uint64 // that branch's target
 	Call         bool   // Code pushed To+len(Code) as a return address: replace it by FallThrough
 	Repeat       bool   // a REP string instruction: each iteration traps with RIP = To
 }
@@ -32,7 +33,7 @@ func (s *Step) Resume(rip uint64) (uint64, bool) {
 		return rip, false
 	case rip == s.To+uint64(len(s.Code)):
 		return s.FallThrough, true
-	case s.Taken != 0 && rip == s.marker():
+	case s.Branch && rip == s.marker():
 		return s.Taken, true
 	}
 	return rip, true
@@ -62,11 +63,14 @@ func PlanStep(insn []byte, from, to uint64) (*Step, error) {
 	case kPlain, kStop:
 		s.Code = append([]byte(nil), a.raw...)
 	case kJmpRel:
-		s.Code, s.Taken = []byte{0xeb, 1}, a.target // jmp .+1: straight to the marker
+		s.Code, s.Taken, s.Branch = []byte{0xeb, 1}, a.target, true // jmp .+1: straight to the marker
 	case kCondRel:
-		s.Code, s.Taken = append(shortCond(a), 1), a.target
+		s.Code, s.Taken, s.Branch = append(shortCond(a), 1), a.target, true
+		if !sameOp(s.Code, a.in.Op) {
+			return nil, refuse(Undecodable, &a.in, from)
+		}
 	case kCallRel:
-		s.Code, s.Taken, s.Call = []byte{0xe8, 1, 0, 0, 0}, a.target, true
+		s.Code, s.Taken, s.Branch, s.Call = []byte{0xe8, 1, 0, 0, 0}, a.target, true, true
 	case kCallInd, kRIPMem:
 		s.Call = a.kind == kCallInd
 		if !a.ripMem {

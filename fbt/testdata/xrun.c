@@ -30,9 +30,11 @@
 //
 // Input per case (little endian):
 //   u64 from, to, memTarget (0: none), branchTarget (0: none; its page is INT3s), seed
-//   u32 nOrig, nCode, mode, body (offset in the code of the displaced instruction's work),
+//   u32 nOrig, nCode, mode (bit 0: a step; bit 8: the instruction writes the stack itself, so
+//   some runs start with RSP at the stack's bottom), body (offset in the code of the displaced
+//   instruction's work),
 //   u32 nFault, then nFault × {u32 off, i32 saved GPR (-1 none), u32 pushed bytes}
-//   mode 1 only: i32 scratch GPR (-1 none), u64 scratch value, u32 call (0/1), u64 retFrom,
+//   steps only: i32 scratch GPR (-1 none), u64 scratch value, u32 call (0/1), u64 retFrom,
 //                u64 retTo, u32 nResume, then nResume × {u64 rip, u64 resume, u32 again}
 //   orig bytes, code bytes
 // Output per case, one line: "ok", "fault" (both faulted alike, state equal), "loop",
@@ -58,6 +60,8 @@
 #define MAXFAULT 8
 #define MAXRESUME 8
 #define TF 0x100ULL
+#define MODE_STEP 1
+#define MODE_STACK_BOTTOM 0x100 /* flag: the instruction writes the stack itself */
 /* RFLAGS bits an instruction or the harness can change in user mode and that must agree:
  * CF PF AF ZF SF TF DF OF AC ID. RF is the kernel's business on fault delivery. */
 #define FLAGS_CMP 0x240dd5ULL
@@ -87,7 +91,7 @@ struct state {
 	uint8_t x[XMAX]; /* legacy area and the compared components, in XSAVE layout */
 	int sig;
 	uint64_t addr; /* si_addr */
-	uint8_t stack[4 * PAGE], data[4 * PAGE], target[3 * PAGE];
+	uint8_t stack[4 * PAGE], data[4 * PAGE], target[3 * PAGE], land[PAGE];
 };
 
 /* One case, as read. */
@@ -199,7 +203,7 @@ static void handler(int sig, siginfo_t *si, void *uv) {
 			g[i] = init.g[i];
 		put_fp(uc->uc_mcontext.fpregs);
 		phase = 1;
-		if (cur == 1 && c.mode == 1) {
+		if (cur == 1 && (c.mode & MODE_STEP)) {
 			g[REG_EFL] |= TF;
 			if (c.scratch >= 0)
 				g[gpr_index(c.scratch)] = c.scratch_value;
@@ -314,6 +318,12 @@ static void make_init(uint64_t seed, uint64_t rip) {
 		init.g[regs[i]] = v;
 	}
 	init.g[REG_RSP] = STACK_BASE + 2 * PAGE - 8 * (next() % 2);
+	/* An instruction that writes the stack itself (push, call) sometimes starts with RSP at the
+	 * bottom of the mapped stack, so that its write faults and the copy's stack fault points
+	 * are exercised. (Others keep room below RSP: a copy may save a scratch register there, as
+	 * kernel stacks always allow.) */
+	if ((c.mode & MODE_STACK_BOTTOM) && next() % 4 == 0)
+		init.g[REG_RSP] = STACK_BASE;
 	init.g[REG_RIP] = rip;
 	/* CF PF AF ZF SF OF DF at random; IF and bit 1 set. */
 	init.g[REG_EFL] = 0x202 | (next() & 0xcd5);
@@ -351,6 +361,7 @@ static void run(int which, uint64_t rip, uint64_t seed, uint64_t tlo, int have_t
 	struct state *r = &res[which];
 	memcpy(r->stack, (void *)STACK_BASE, sizeof r->stack);
 	memcpy(r->data, (void *)DATA_BASE, sizeof r->data);
+	memcpy(r->land, (void *)LAND_BASE, sizeof r->land);
 	if (have_target)
 		memcpy(r->target, (void *)tlo, sizeof r->target);
 }
@@ -363,6 +374,13 @@ static const char *gname(int i) {
 }
 
 static int readn(void *p, size_t n) { return fread(p, 1, n, stdin) == n; }
+
+static void on_alarm(int sig) {
+	(void)sig;
+	static const char msg[] = "xrun: a case ran 10 s of wall time (blocked in a system call?)\n";
+	write(2, msg, sizeof msg - 1);
+	_exit(3);
+}
 
 /* A fault inside the copy at one of its fault points: undo the copy's own work the way a
  * kernel fault handler must, so that the state is the one the original instruction faulted
@@ -384,7 +402,7 @@ static int unwind(struct state *b, char *why, size_t n) {
 			}
 			b->g[gpr_index(c.fault[i].saved)] = *(uint64_t *)(b->stack + (rsp - STACK_BASE));
 		}
-		if (c.mode == 1 && c.scratch >= 0)
+		if ((c.mode & MODE_STEP) && c.scratch >= 0)
 			b->g[gpr_index(c.scratch)] = init.g[gpr_index(c.scratch)];
 		b->g[REG_RSP] = rsp + c.fault[i].pushed;
 		b->g[REG_EFL] &= ~TF;
@@ -455,6 +473,8 @@ static const char *compare(struct state *a, struct state *b, char *why, size_t n
 		return "stack memory";
 	if (memcmp(a->data, b->data, sizeof a->data))
 		return "data memory";
+	if (memcmp(a->land, b->land, sizeof a->land))
+		return "landing page memory";
 	uint64_t tlo = (c.mt & ~(PAGE - 1)) - PAGE;
 	for (uint64_t p = 0; c.mt && p < 3 * PAGE; p += PAGE)
 		if (!is_code(tlo + p) && memcmp(a->target + p, b->target + p, PAGE))
@@ -489,6 +509,8 @@ int main(void) {
 	stack_t ss = {.ss_sp = altstack, .ss_size = sizeof altstack};
 	sigaltstack(&ss, NULL);
 	struct sigaction sa = {.sa_sigaction = handler, .sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER};
+	struct sigaction backstop = {.sa_handler = on_alarm};
+	sigaction(SIGALRM, &backstop, NULL);
 	int sigs[] = {SIGTRAP, SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGPROF};
 	for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
 		sigaction(sigs[i], &sa, NULL);
@@ -511,8 +533,14 @@ int main(void) {
 	printf("\n");
 	int fixed = npages;
 	for (;;) {
-		if (!readn(&c.from, 8))
-			return 0;
+		size_t got = fread(&c.from, 1, 8, stdin);
+		if (got == 0 && feof(stdin))
+			return 0; /* a clean end between cases */
+		if (got != 8) {
+			fprintf(stderr, "xrun: bad input: a case header cut short\n");
+			return 2;
+		}
+		alarm(10); /* wall-clock backstop: CPU-time alarms miss a case that blocks */
 		int ok = readn(&c.to, 8) && readn(&c.mt, 8) && readn(&c.bt, 8) && readn(&c.seed, 8) && readn(&c.no, 4) &&
 			 readn(&c.nc, 4) && readn(&c.mode, 4) && readn(&c.body, 4) && readn(&c.nfault, 4) &&
 			 c.nfault <= MAXFAULT;
@@ -521,19 +549,27 @@ int main(void) {
 		c.scratch = -1;
 		c.nres = 0;
 		c.call = 0;
-		if (ok && c.mode == 1) {
+		if (ok && (c.mode & MODE_STEP)) {
 			ok = readn(&c.scratch, 4) && readn(&c.scratch_value, 8) && readn(&c.call, 4) && readn(&c.ret_from, 8) &&
 			     readn(&c.ret_to, 8) && readn(&c.nres, 4) && c.nres <= MAXRESUME;
 			for (uint32_t i = 0; ok && i < c.nres; i++)
 				ok = readn(&c.res[i].rip, 8) && readn(&c.res[i].resume, 8) && readn(&c.res[i].again, 4);
 		}
-		if (!ok || c.mode > 1 || c.no > sizeof c.orig || c.nc > sizeof c.code || !readn(c.orig, c.no) ||
+		for (uint32_t i = 0; ok && i < c.nfault; i++)
+			ok = c.fault[i].saved >= -1 && c.fault[i].saved < 16 && c.fault[i].off < sizeof c.code;
+		if (ok && (c.mode & MODE_STEP))
+			ok = c.scratch >= -1 && c.scratch < 16;
+		if (!ok || (c.mode & ~(MODE_STEP | MODE_STACK_BOTTOM)) || c.no > sizeof c.orig || c.nc > sizeof c.code || !readn(c.orig, c.no) ||
 		    !readn(c.code, c.nc)) {
 			fprintf(stderr, "xrun: bad input\n");
 			return 2;
 		}
 		npages = fixed;
 		uint64_t from = c.from, to = c.to, mt = c.mt, bt = c.bt;
+		if (from > (uint64_t)-PAGE * 2 || to > (uint64_t)-PAGE * 2 || mt > (uint64_t)-PAGE * 4 || bt > (uint64_t)-PAGE) {
+			printf("skip address range wraps at 2^64\n");
+			continue;
+		}
 		uint32_t no = c.no, nr = c.nc;
 		uint64_t tlo = (mt & ~(PAGE - 1)) - PAGE;
 		code_lo[0] = from & ~(PAGE - 1);
@@ -579,7 +615,17 @@ int main(void) {
 			struct state *a = &res[0], *b = &res[1];
 			char why[160];
 			if (a->sig == SIGPROF && b->sig == SIGPROF) {
-				printf("loop\n");
+				/* The state of a loop at an arbitrary moment cannot be compared, but where it
+				 * loops can: the copy must loop where the original does (its displaced
+				 * instruction, a long REP at the body, maps back to from), never inside itself. */
+				uint64_t ra = a->g[REG_RIP], rb = b->g[REG_RIP];
+				if (rb == c.to + c.body)
+					rb = c.from;
+				if (ra == rb || (rb < c.to || rb >= c.to + c.nc))
+					printf("loop\n");
+				else
+					printf("mismatch looping at %#llx in the copy, the original at %#llx\n",
+					       (unsigned long long)rb, (unsigned long long)ra);
 				goto done;
 			}
 			int landed = a->sig == SIGTRAP && b->sig == SIGTRAP;
