@@ -24,7 +24,17 @@ func TestSafeLoadLayout(t *testing.T) {
 			in, err := x86asm.Decode(code[off:], 64)
 			require.NoError(t, err)
 			require.NotEqual(t, x86asm.PUSH, in.Op, "access %d moves SP", i)
+			require.NotEqual(t, x86asm.POP, in.Op, "access %d moves SP", i)
 			if entry+uintptr(off) == safeRIP[i] {
+				// Decoded here, not taken from accessThroughAX: a load or store through [RAX].
+				require.Contains(t, []x86asm.Op{x86asm.MOV, x86asm.MOVZX}, in.Op, "access %d: %v", i, in)
+				var mem x86asm.Mem
+				for _, a := range in.Args {
+					if m, ok := a.(x86asm.Mem); ok {
+						mem = m
+					}
+				}
+				assert.Equal(t, x86asm.RAX, mem.Base, "access %d: %v is not an access through RAX", i, in)
 				break
 			}
 			if m, ok := in.Args[1].(x86asm.Mem); ok && in.Op == x86asm.MOV && in.Args[0] == x86asm.RAX {
