@@ -45,7 +45,7 @@ func cmdlineInt(key string) (int64, bool) {
 	}
 	var n int64
 	for i := 0; i < len(v); i++ {
-		if v[i] < '0' || v[i] > '9' {
+		if v[i] < '0' || v[i] > '9' || n > (1<<62)/10 { // not a digit, or about to overflow
 			return 0, false
 		}
 		n = n*10 + int64(v[i]-'0')

@@ -180,6 +180,16 @@ func startRuntime(c *CPU) {
 		return sp
 	}
 	var argv [64]uint64
+	nwords := 0
+	cmdlineWords(func(string) bool { nwords++; return true })
+	if nwords > len(argv)-2 {
+		// Words past argv would reach the kernel's own lookups but never the validation of
+		// ktest.ParseCmdline.
+		var k kbuf
+		k.s("tracebed: fatal: the command line has ").dec(int64(nwords)).s(" words; at most ").
+			dec(int64(len(argv)-2)).s(" reach the test runner").out()
+		debugExit(ktest.ExitFatal)
+	}
 	argc := 0
 	argv[argc] = push("tracebed")
 	argc++

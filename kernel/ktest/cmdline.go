@@ -28,6 +28,10 @@ var knownParams = map[string]string{
 	"nopreempt": "1: no timer preemption (a mutation: the runtime suite's preempt_spinning_thread must then fail)",
 }
 
+// kernelNumbers are the parameters the kernel itself reads as decimal numbers, with their
+// largest meaningful value.
+var kernelNumbers = map[string]uint64{"acpidump": 1, "nopreempt": 1, "ap_stuck": 31}
+
 // ParseCmdline parses words of the form key=value. Unknown keys, repeated keys, words without
 // '=', empty values and malformed numbers are errors, as are suites not in known.
 func ParseCmdline(words []string, known []string) (Options, error) {
@@ -62,6 +66,14 @@ func ParseCmdline(words []string, known []string) (Options, error) {
 		default:
 			if _, ok := knownParams[k]; !ok {
 				return o, fmt.Errorf("unknown option %q (known: %s)", k, strings.Join(optionNames(), ", "))
+			}
+			if max, ok := kernelNumbers[k]; ok {
+				// The kernel reads these before the runtime starts, with a decimal reader that
+				// cannot report errors: a value it would misread is refused here.
+				n, err := strconv.ParseUint(v, 10, 32)
+				if err != nil || n > max {
+					return o, fmt.Errorf("option %s=%q: want a decimal number from 0 to %d", k, v, max)
+				}
 			}
 			o.Params[k] = v
 		}

@@ -93,3 +93,19 @@ func TestReportError(t *testing.T) {
 	assert.Equal(t, 35, QEMUStatus(ExitFail))
 	assert.Equal(t, 37, QEMUStatus(ExitFatal))
 }
+
+// The parameters the kernel reads itself are numbers it can read: anything else is refused
+// here, in one line, rather than misread before the runtime starts.
+func TestKernelNumbersAreValidated(t *testing.T) {
+	for _, v := range []string{"abc", "-1", "0x1", "yes", "=1", "2", "99999999999999999999", "18446744073709551616"} {
+		_, err := ParseCmdline([]string{"nopreempt=" + v}, nil)
+		require.Error(t, err, "nopreempt=%s", v)
+		assert.Contains(t, err.Error(), "want a decimal number from 0 to 1")
+	}
+	for _, w := range []string{"nopreempt=0", "nopreempt=1", "acpidump=1", "ap_stuck=3"} {
+		_, err := ParseCmdline([]string{w}, nil)
+		assert.NoError(t, err, w)
+	}
+	_, err := ParseCmdline([]string{"ap_stuck=32"}, nil)
+	assert.Error(t, err)
+}
