@@ -16,33 +16,53 @@ var com1 = uart.UART{Index: 1, Base: 0x3f8}
 
 var consoleLock spinlock
 
-// consoleSeized is set once a fatal report owns the console for good (see seizeConsole).
-var consoleSeized atomic.Bool
+// consoleOwner is 1 + the id of the CPU whose fatal report seized the console (see
+// seizeConsole); 0 until then.
+var consoleOwner atomic.Int32
 
 func consoleWrite(b []byte) {
-	if consoleSeized.Load() {
-		consoleRaw(b) // the run is ending; the reporting CPU writes without the lock
-		return
+	if consoleAcquire() {
+		consoleRaw(b)
+		consoleRelease()
+	}
+}
+
+// consoleAcquire takes the console for a write. After a fatal report seized it, only the
+// reporting CPU writes (without the lock); every other CPU's output is dropped, so nothing lands
+// inside the report the host parses.
+func consoleAcquire() bool {
+	if owner := consoleOwner.Load(); owner != 0 {
+		return int(owner) == thisCPU().id+1
 	}
 	consoleLock.lock()
-	consoleRaw(b)
-	consoleLock.unlock()
+	if consoleOwner.Load() != 0 { // seized while this CPU waited: the lock was taken by force
+		consoleLock.unlock()
+		return consoleAcquire()
+	}
+	return true
+}
+
+// consoleRelease ends a write begun by consoleAcquire.
+func consoleRelease() {
+	if consoleOwner.Load() == 0 {
+		consoleLock.unlock()
+	}
 }
 
 // seizeSpins bounds how long a fatal report waits for the console lock: 2^18 PAUSEs, about
 // 10 ms on hardware and 0.2 s under TCG (where a PAUSE costs about 0.7 µs).
 const seizeSpins = 1 << 18
 
-// seizeConsole gives the console to a fatal report. It waits a bounded time for consoleLock,
+// seizeConsole gives the console to c's fatal report. It waits a bounded time for consoleLock,
 // then takes the console anyway: the holder is either this CPU, interrupted inside a console
 // write (the fault came from there), or a CPU that does not let go. A report interleaved with a
 // half-written line beats a hang the host can only call a timeout. The console is never given
 // back: the run ends after the report. Trap context.
-func seizeConsole() {
+func seizeConsole(c *CPU) {
 	for i := 0; i < seizeSpins && !consoleLock.tryLock(); i++ {
 		amd64.Pause()
 	}
-	consoleSeized.Store(true)
+	consoleOwner.CompareAndSwap(0, int32(c.id+1)) // a second fatal CPU keeps the first's report whole
 }
 
 // consoleRaw writes b to COM1; the caller holds consoleLock.
@@ -124,10 +144,11 @@ func (k *kbuf) out() {
 	k.n = 0
 }
 
-// FaultInConsoleWrite loads the byte at addr while holding the console lock and writes it, the
-// way a console write of an unchecked buffer once faulted under the lock. For the fault_console
+// FaultInConsoleWrite loads the byte at addr while holding the console lock (interrupts off)
+// and writes it, the way a console write of an unchecked buffer once faulted under the lock. For the fault_console
 // suite only: it shows that a fault there is reported, not hung. Never returns for a bad addr.
 func FaultInConsoleWrite(addr uintptr) {
+	amd64.DisableInterrupts() // as in kernel code: a spinlock holder is never preempted
 	consoleLock.lock()
 	b := *(*byte)(unsafe.Pointer(addr))
 	consoleRaw([]byte{b})

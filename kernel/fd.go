@@ -69,20 +69,39 @@ func closeFD(fd int64) int64 {
 	return 0
 }
 
+// maxConsoleWrite bounds one write(2) to the console: it runs with interrupts off, so a larger
+// one returns a short count and the caller writes the rest (Go's os.File does).
+const maxConsoleWrite = 64 << 10
+
 // writeConsole writes n bytes of user memory at buf to the console, a chunk at a time through
-// the fault-safe copy; a bad pointer ends it with -EFAULT, or the count already written. Kernel
-// context, klock not held: the console has its own lock, and output may be long.
+// the fault-safe copy, under the console lock for the whole write (one write(2) is one piece of
+// output, as on a Linux tty); a bad pointer ends it with -EFAULT, or the count already written.
+// Kernel context, klock not held: output may be long, and must not hold up other system calls.
 func writeConsole(buf, n uint64) int64 {
+	if !userRange(buf, n) {
+		return -errEFAULT
+	}
+	n = min(n, maxConsoleWrite)
 	var chunk [256]byte
 	done := uint64(0)
+	held := consoleAcquire()
 	for done < n {
 		m := min(n-done, uint64(len(chunk)))
 		got := uint64(copyIn(chunk[:m], buf+done))
-		consoleWrite(chunk[:got])
+		if held {
+			consoleRaw(chunk[:got])
+		}
 		done += got
 		if got < m {
-			return efault(done)
+			break
 		}
+		drainTLB() // interrupts are off and this is no spin wait: serve shootdowns between chunks
+	}
+	if held {
+		consoleRelease()
+	}
+	if done < n {
+		return efault(done)
 	}
 	return int64(n)
 }
@@ -189,7 +208,7 @@ func epollReady(epfd int64, buf, max uint64) int64 {
 		w := &ep.watches[i]
 		if f := fdOf(int64(w.fd), fdEventfd); f != nil && f.count > 0 && w.events&epollIn != 0 {
 			e := buf + n*epollEvSize
-			if !putU32(e, epollIn) || !putU32(e+4, uint32(w.data)) || !putU32(e+8, uint32(w.data>>32)) {
+			if !putU32(e, epollIn) || !putU64(e+4, w.data) {
 				return efault(n)
 			}
 			n++
@@ -219,7 +238,9 @@ func eventfdReady(fd int64) {
 		if t.state != thBlocked || t.wait != waitEpoll {
 			continue
 		}
-		if n := epollReady(int64(t.epfd), t.frame.RSI, t.frame.RDX); n != 0 { // n < 0: -EFAULT
+		// Ready events, or -EFAULT for a bad buffer; an epoll fd closed meanwhile (-EBADF) keeps
+		// the waiter waiting, as on Linux.
+		if n := epollReady(int64(t.epfd), t.frame.RSI, t.frame.RDX); n > 0 || n == -errEFAULT {
 			wake(i, uint64(n))
 		}
 	}

@@ -5,7 +5,6 @@ import (
 	"unsafe"
 
 	"tracebed/amd64"
-	"tracebed/trap"
 )
 
 // The Linux system-call host: the Go runtime issues SYSCALL exactly as on Linux and these
@@ -95,6 +94,8 @@ const (
 	timerAbstime  = 1
 	ssDisable     = 2
 	sigsetSize    = 8 // the kernel's sigset_t: rt_sigprocmask takes no other size
+	sigSetmask    = 2 // the largest rt_sigprocmask how (SIG_BLOCK 0, SIG_UNBLOCK 1, SIG_SETMASK 2)
+	maxGetrandom  = 4096 // bytes per getrandom call (a short count beyond; Linux: 32 MiB - 1)
 )
 
 // Counters shown in diagnostics.
@@ -122,7 +123,7 @@ func (c *CPU) syscall(f *Frame) {
 	if nr < maxSyscall {
 		atomic.AddUint64(&syscallCount[nr], 1) // every CPU counts here at once
 	}
-	if nr == nrWrite && (a0 == 1 || a0 == 2) {
+	if nr == nrWrite && a0 <= 2 {
 		// The console needs no klock (fds 0-2 are the console for good), and output of any
 		// length must not hold up every other system call.
 		f.RAX = uint64(writeConsole(a1, a2))
@@ -174,15 +175,15 @@ func (c *CPU) syscall(f *Frame) {
 			r = -errEFAULT
 		}
 	case nrNanosleep:
-		if d, ok := getTimespec(a0); ok {
+		if d, e := getTimespec(a0); e == 0 {
 			r = c.sleepUntil(f, nanotime()+d)
 		} else {
-			r = -errEFAULT
+			r = -e
 		}
 	case nrClockNanosleep:
-		d, ok := getTimespec(a2)
-		if !ok {
-			r = -errEFAULT
+		d, e := getTimespec(a2)
+		if e != 0 {
+			r = -e
 			break
 		}
 		if a1&timerAbstime != 0 {
@@ -204,13 +205,25 @@ func (c *CPU) syscall(f *Frame) {
 		return
 	case nrExitGroup:
 		exitGroup(int(a0))
-	case nrRtSigaction:
-		if a2 != 0 && !zeroUser(a2, 32) { // struct sigaction without the mask: handler SIG_DFL
+	case nrRtSigaction: // (sig, act, oldact, sigsetsize), checked in Linux's order
+		if _, ok := getU64(a1); a1 != 0 && !ok {
 			r = -errEFAULT
 		}
-	case nrRtSigprocmask:
 		switch {
 		case a3 != sigsetSize:
+			r = -errEINVAL
+		case r != 0:
+		case a2 != 0 && !zeroUser(a2, 32): // struct sigaction without the mask: handler SIG_DFL
+			r = -errEFAULT
+		}
+	case nrRtSigprocmask: // (how, set, oldset, sigsetsize): signals are not delivered here
+		_, setOK := getU64(a1)
+		switch {
+		case a3 != sigsetSize:
+			r = -errEINVAL
+		case a1 != 0 && !setOK:
+			r = -errEFAULT
+		case a1 != 0 && a0 > sigSetmask:
 			r = -errEINVAL
 		case a2 != 0 && !zeroUser(a2, a3):
 			r = -errEFAULT
@@ -275,18 +288,25 @@ func (c *CPU) sleepUntil(f *Frame, deadline int64) int64 {
 func (c *CPU) futex(f *Frame, addr, op, val, timeout uint64) int64 {
 	switch op & futexCmdMask {
 	case futexWait, futexWaitBits:
-		cur, ok := getU32(addr) // one aligned load: as atomic as the old atomic.LoadUint32
+		// As Linux: the timeout is read first, the word must be aligned (one load, atomic).
+		var deadline int64
+		if timeout != 0 {
+			var e int64
+			if deadline, e = getTimespec(timeout); e != 0 {
+				return -e
+			}
+		}
+		if addr%4 != 0 {
+			return -errEINVAL
+		}
+		cur, ok := getU32(addr)
 		if !ok {
 			return -errEFAULT
 		}
 		if cur != uint32(val) {
 			return -errEAGAIN
 		}
-		var deadline int64
 		if timeout != 0 {
-			if deadline, ok = getTimespec(timeout); !ok {
-				return -errEFAULT
-			}
 			if op&futexCmdMask == futexWait {
 				deadline += nanotime()
 			}
@@ -370,6 +390,10 @@ var randState uint64 = 0x9e3779b97f4a7c15
 // getrandom fills buf from splitmix64 seeded by the TSC: good enough for the runtime's hash
 // seeds, not for cryptography.
 func getrandom(buf, n uint64) int64 {
+	n = min(n, maxGetrandom) // klock is held: a short count, as Linux may give
+	if !userRange(buf, n) {
+		return -errEFAULT
+	}
 	for i := uint64(0); i < n; i++ {
 		if i%8 == 0 {
 			randState += 0x9e3779b97f4a7c15 ^ amd64.RDTSC()
@@ -377,7 +401,7 @@ func getrandom(buf, n uint64) int64 {
 		z := randState + i
 		z = (z ^ z>>30) * 0xbf58476d1ce4e5b9
 		z = (z ^ z>>27) * 0x94d049bb133111eb
-		if trap.SafeStore8(uintptr(buf+i), byte(z^z>>31)).Failed() {
+		if !putU8(buf+i, byte(z^z>>31)) {
 			return efault(i)
 		}
 	}

@@ -60,7 +60,7 @@ func (c *CPU) threadFrame(f *Frame) bool {
 // fatalTrap reports an exception the kernel cannot handle and ends the run with the fatal
 // exit code. The console lines start with "tracebed: fatal" so the host can classify them.
 func fatalTrap(c *CPU, f *Frame) {
-	seizeConsole() // this CPU may hold consoleLock: the fault came from inside a console write
+	seizeConsole(c) // this CPU may hold consoleLock: the fault came from inside a console write
 	var k kbuf
 	k.s("tracebed: fatal trap: vector ").dec(int64(f.Vector)).s(" ").s(idt.Name(f.Vector)).
 		s(" error ").hex(f.Err).s(" on cpu ").dec(int64(c.id))

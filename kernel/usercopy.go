@@ -12,6 +12,17 @@ import (
 //
 // Kernel context: called from system-call handlers (klock held, or for the console, not).
 
+// The runtime's own image (its globals) and its initial stack live in the identity map below
+// 4 GiB, beside the kernel's, so no address range separates the runtime's memory from the
+// kernel's: a pointer is bad when it is unmapped or non-canonical, or when the range it starts
+// would wrap past 2^64 (checked by userRange before a multi-byte copy).
+
+// userRange reports whether [p, p+n) does not wrap.
+func userRange(p, n uint64) bool { return p+n >= p }
+
+// putU8 writes one byte of user memory.
+func putU8(p uint64, v uint8) bool { return !trap.SafeStore8(uintptr(p), v).Failed() }
+
 // getU64 reads 8 bytes of user memory.
 func getU64(p uint64) (uint64, bool) {
 	v, f := trap.SafeLoad64(uintptr(p))
@@ -30,7 +41,7 @@ func putU64(p, v uint64) bool { return !trap.SafeStore64(uintptr(p), v).Failed()
 // putU32 writes 4 bytes of user memory, least significant first.
 func putU32(p uint64, v uint32) bool {
 	for i := uint64(0); i < 4; i++ {
-		if trap.SafeStore8(uintptr(p+i), uint8(v>>(8*i))).Failed() {
+		if !putU8(p+i, uint8(v>>(8*i))) {
 			return false
 		}
 	}
@@ -39,8 +50,11 @@ func putU32(p uint64, v uint32) bool {
 
 // zeroUser clears n bytes of user memory.
 func zeroUser(p, n uint64) bool {
+	if !userRange(p, n) {
+		return false
+	}
 	for i := uint64(0); i < n; i++ {
-		if trap.SafeStore8(uintptr(p+i), 0).Failed() {
+		if !putU8(p+i, 0) {
 			return false
 		}
 	}
@@ -50,6 +64,9 @@ func zeroUser(p, n uint64) bool {
 // copyIn fills dst from user memory at p and returns how many bytes it read before a fault
 // (len(dst) when none).
 func copyIn(dst []byte, p uint64) int {
+	if !userRange(p, uint64(len(dst))) {
+		return 0
+	}
 	for i := range dst {
 		b, f := trap.SafeLoad8(uintptr(p) + uintptr(i))
 		if f.Failed() {
@@ -60,11 +77,24 @@ func copyIn(dst []byte, p uint64) int {
 	return len(dst)
 }
 
-// getTimespec reads a struct timespec as nanoseconds.
-func getTimespec(p uint64) (int64, bool) {
+// maxTimespecNs is where long durations saturate: about 146 years, far past any run, and far
+// from overflowing when a deadline adds the current time.
+const maxTimespecNs = 1 << 62
+
+// getTimespec reads a struct timespec as nanoseconds, or returns the errno Linux gives:
+// EFAULT for a bad pointer, EINVAL for a negative time or tv_nsec out of [0, 1e9).
+func getTimespec(p uint64) (ns int64, errno int64) {
 	s, ok1 := getU64(p)
-	ns, ok2 := getU64(p + 8)
-	return int64(s)*1e9 + int64(ns), ok1 && ok2
+	n, ok2 := getU64(p + 8)
+	switch {
+	case !ok1 || !ok2:
+		return 0, errEFAULT
+	case int64(s) < 0 || n >= 1e9:
+		return 0, errEINVAL
+	case s >= maxTimespecNs/1_000_000_000:
+		return maxTimespecNs, 0
+	}
+	return int64(s)*1e9 + int64(n), 0
 }
 
 // putTimespec writes ns as a struct timespec.

@@ -124,20 +124,19 @@ func sysMmap(addr, length, prot, flags uint64) int64 {
 	length = (length + pageSize - 1) &^ (pageSize - 1)
 	switch {
 	case flags&mapFixed != 0:
-		if addr%pageSize != 0 || addr < identityTop || addr+length > userTop {
+		if addr%pageSize != 0 || !inUserSpace(addr, length) {
 			return -errEINVAL
 		}
 	case flags&mapFixedNoreplace != 0:
-		if addr%pageSize != 0 || addr < identityTop || addr+length > userTop {
+		if addr%pageSize != 0 || !inUserSpace(addr, length) {
 			return -errEINVAL
 		}
 		if vmRegion.overlaps(addr, addr+length) {
 			return -errEEXIST
 		}
 	default:
-		if addr%pageSize != 0 || addr < identityTop || addr+length > userTop ||
-			vmRegion.overlaps(addr, addr+length) {
-			if mmapNext-length < identityTop {
+		if addr%pageSize != 0 || !inUserSpace(addr, length) || vmRegion.overlaps(addr, addr+length) {
+			if length > mmapNext-identityTop { // mmapNext-length would wrap below the identity map
 				return -errENOMEM
 			}
 			mmapNext -= length
@@ -157,14 +156,21 @@ func sysMmap(addr, length, prot, flags uint64) int64 {
 	return int64(addr)
 }
 
+// inUserSpace reports whether [addr, addr+length), rounded up to pages, lies in the runtime's
+// part of the address space, without letting addr+length wrap.
+func inUserSpace(addr, length uint64) bool {
+	return addr >= identityTop && addr <= userTop && length <= userTop-addr &&
+		(addr+length+pageSize-1)&^(pageSize-1) <= userTop
+}
+
 func sysMunmap(addr, length uint64) int64 {
 	if addr%pageSize != 0 || length == 0 {
 		return -errEINVAL
 	}
-	end := (addr + length + pageSize - 1) &^ (pageSize - 1)
-	if addr < identityTop || end > userTop {
+	if !inUserSpace(addr, length) {
 		return -errEINVAL
 	}
+	end := (addr + length + pageSize - 1) &^ (pageSize - 1)
 	decommit(addr, end)
 	vmRegion.remove(addr, end)
 	return 0
@@ -175,7 +181,7 @@ func sysMadvise(addr, length, advice uint64) int64 {
 		return -errEINVAL
 	}
 	end := (addr + length + pageSize - 1) &^ (pageSize - 1)
-	if advice == madvDontneed && addr >= identityTop && end <= userTop {
+	if advice == madvDontneed && inUserSpace(addr, length) {
 		kpt.walkMapped(addr, end, func(e *uint64, va uint64) { zeroPage(*e & pteAddr) })
 	}
 	return 0
@@ -185,10 +191,10 @@ func sysMprotect(addr, length, prot uint64) int64 {
 	if addr%pageSize != 0 {
 		return -errEINVAL
 	}
-	end := (addr + length + pageSize - 1) &^ (pageSize - 1)
-	if addr < identityTop || end > userTop {
+	if !inUserSpace(addr, length) {
 		return -errEINVAL
 	}
+	end := (addr + length + pageSize - 1) &^ (pageSize - 1)
 	if prot&(protRead|protWrite|protExec) != 0 {
 		// Keep contents; map what is missing.
 		fl := pageFlags(prot)

@@ -15,12 +15,15 @@ func efaultCases(t *ktest.T) {
 	// Not NULL: the kernel's identity map starts at address 0, so page 0 is mapped (a defect
 	// of its own: Go's nil checks rely on a fault there).
 	bad := []uintptr{unmapped, nonCanonical, 0xffff_0000_0000_0000}
+	calls, efaults := 0, 0
 	expect := func(what string, ptr uintptr, errno syscall.Errno) {
-		if errno != syscall.EFAULT {
+		calls++
+		if errno == syscall.EFAULT {
+			efaults++
+		} else {
 			t.Errorf("%s(%#x): errno %d (%v), want EFAULT", what, ptr, int(errno), errno)
 		}
 	}
-	n := 0
 	for _, p := range bad {
 		_, _, e := syscall.Syscall(syscall.SYS_WRITE, 1, p, 16)
 		expect("write", p, e)
@@ -34,15 +37,34 @@ func efaultCases(t *ktest.T) {
 		expect("sched_getaffinity", p, e)
 		_, _, e = syscall.Syscall(318 /* getrandom */, p, 16, 0)
 		expect("getrandom", p, e)
-		n += 6
 		var word uint32
 		_, _, e = syscall.Syscall6(syscall.SYS_FUTEX, uintptr(unsafe.Pointer(&word)), 0, 0, p, 0, 0)
 		expect("futex(timeout)", p, e)
 		_, _, e = syscall.Syscall6(syscall.SYS_RT_SIGPROCMASK, 0, 0, p, 8, 0, 0)
-		expect("rt_sigprocmask", p, e)
-		n += 2
+		expect("rt_sigprocmask(oldset)", p, e)
+		_, _, e = syscall.Syscall6(syscall.SYS_RT_SIGPROCMASK, 0, p, 0, 8, 0, 0)
+		expect("rt_sigprocmask(set)", p, e)
 	}
-	t.Diag("bad_pointer_calls", n)
+	// A range that wraps past 2^64 (its end would be mapped low memory).
+	_, _, werr := syscall.Syscall(syscall.SYS_WRITE, 1, ^uintptr(0)-7, 64)
+	expect("write(wrapping)", ^uintptr(0)-7, werr)
+	t.Diag("bad_pointer_calls", calls)
+	t.Diag("efault_returns", efaults)
+
+	// Well-formed pointers to bad values get EINVAL, as on Linux.
+	badTime := [2]int64{0, 2_000_000_000} // tv_nsec out of range
+	if _, _, e := syscall.Syscall(syscall.SYS_NANOSLEEP, uintptr(unsafe.Pointer(&badTime)), 0, 0); e != syscall.EINVAL {
+		t.Errorf("nanosleep with tv_nsec 2e9: errno %v, want EINVAL", e)
+	}
+	var words [2]uint32
+	odd := uintptr(unsafe.Pointer(&words[0])) + 1
+	if _, _, e := syscall.Syscall6(syscall.SYS_FUTEX, odd, 0, 0, 0, 0, 0); e != syscall.EINVAL {
+		t.Errorf("futex on an unaligned word: errno %v, want EINVAL", e)
+	}
+	var set uint64
+	if _, _, e := syscall.Syscall6(syscall.SYS_RT_SIGPROCMASK, 7, uintptr(unsafe.Pointer(&set)), 0, 8, 0, 0); e != syscall.EINVAL {
+		t.Errorf("rt_sigprocmask with how 7: errno %v, want EINVAL", e)
+	}
 
 	// A buffer that runs off the end of a mapping: write(2) writes what it could read. (Raw
 	// mmap/munmap: syscall.Munmap unmaps only whole mappings.)

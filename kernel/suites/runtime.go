@@ -334,11 +334,6 @@ func optionInt(t *ktest.T, key string, def int64) (int64, error) {
 	return ktest.Options{Params: t.Params}.IntParam(key, def)
 }
 
-// preemptSpinner proves the kernel preempts threads: with more Ps than CPUs, a goroutine
-// spinning with no preemption point (no calls; async preemption is off) holds its thread on
-// a CPU. Another goroutine, on another thread, must still sleep and wake 20 times meanwhile,
-// which only happens if the LAPIC timer takes the CPU from the spinning thread. GC is off for
-// the duration: a stop-the-world could not stop the spinner either.
 // preemptSpinner proves timer preemption: as many threads as CPUs spin with no system call and
 // no Go preemption point (nothing but a NOSPLIT RDTSC), for spinFor of guest time, while a
 // goroutine on one more P sleeps 2 ms at a time. Only the kernel's timer can give that sleeper
