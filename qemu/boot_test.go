@@ -187,9 +187,15 @@ func TestSMPSuiteInQEMU(t *testing.T) {
 					assert.NotEqual(t, "0", n, "%s: cpu %d", k[1], i)
 				}
 			}
-			assert.Greater(t, diagFloat(t, s.Find("parallel_speedup"), "speedup"), 0.0)
+			// The mechanisms, not tautologies. With 2+ CPUs the job spread over them runs
+			// faster than on one (1.6-1.7x measured under TCG on 2 host cores; work kept on
+			// one CPU gives 1.0). A cross-CPU futex wake arrives by IPI in tens of µs (33-82
+			// µs measured); one that waited for the target's timer would take a 10 ms slice.
+			if tc.cpus > 1 {
+				assert.GreaterOrEqual(t, diagFloat(t, s.Find("parallel_speedup"), "speedup"), 1.3)
+			}
 			fw := s.Find("futex_wake_cross_cpu")
-			assert.LessOrEqual(t, diagFloat(t, fw, "wake_us_p50"), diagFloat(t, fw, "wake_us_p99"))
+			assert.Less(t, diagFloat(t, fw, "wake_us_p50"), 2000.0, "wakes wait for a timer tick, not an IPI")
 			if tc.cpus > 1 {
 				assert.Positive(t, diagFloat(t, fw, "cross_cpu_rounds"))
 				assert.Positive(t, diagFloat(t, s.Find("munmap_tlb_shootdown"), "shootdowns"))
