@@ -31,26 +31,42 @@ const (
 func CPUID(leaf, sub uint32) (eax, ebx, ecx, edx uint32)
 
 // RDMSR reads a model-specific register.
+//
+// Trap context allowed.
 func RDMSR(msr uint32) uint64
 
 // WRMSR writes a model-specific register.
+//
+// Trap context allowed.
 func WRMSR(msr uint32, val uint64)
 
 // RDTSC reads the time-stamp counter.
+//
+// Trap context allowed.
 func RDTSC() uint64
 
 // In8 and friends perform port I/O.
 func In8(port uint16) uint8
 func Out8(port uint16, val uint8)
 func In32(port uint16) uint32
+
+// Trap context allowed.
 func Out32(port uint16, val uint32)
 
 // ReadCR0 and friends access the control registers.
 func ReadCR0() uint64
+
+// Trap context allowed.
 func ReadCR2() uint64
+
+// Trap context allowed.
 func ReadCR3() uint64
 func ReadCR4() uint64
+
+// Trap context allowed.
 func WriteCR2(v uint64)
+
+// Trap context allowed.
 func WriteCR3(v uint64)
 func WriteCR4(v uint64)
 
@@ -69,26 +85,40 @@ func LTR(sel uint16)
 func ReloadSegments(code, data uint16)
 
 // DisableInterrupts clears IF and returns the previous RFLAGS.
+//
+// Trap context allowed.
 func DisableInterrupts() uint64
 
 // RestoreInterrupts writes back the IF bit of flags.
+//
+// Trap context allowed.
 func RestoreInterrupts(flags uint64)
 
 // Flags returns RFLAGS.
+//
+// Trap context allowed.
 func Flags() uint64
 
 // Halt enables interrupts and halts atomically (STI; HLT): a pending interrupt wakes it. It
 // returns with interrupts disabled again.
+//
+// Trap context allowed.
 func Halt()
 
 // Pause is the spin-loop hint.
+//
+// Trap context allowed.
 func Pause()
 
 // Xchg32 atomically swaps *addr and v, returning the old value (a full barrier).
 func Xchg32(addr *uint32, v uint32) uint32
 
 // Debug registers (SDM Vol. 3B, 18.2).
+//
+// Trap context allowed.
 func ReadDR6() uint64
+
+// Trap context allowed.
 func WriteDR6(v uint64)
 func ReadDR7() uint64
 func WriteDR7(v uint64)

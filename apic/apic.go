@@ -96,6 +96,8 @@ func (l *LAPIC) reg(off uint32) *uint32 {
 }
 
 // Read and Write access a 32-bit register by its xAPIC offset.
+//
+// Trap context allowed.
 func (l *LAPIC) Read(off uint32) uint32 {
 	if l.X2 {
 		return uint32(amd64.RDMSR(X2APICMSR(off)))
@@ -103,6 +105,7 @@ func (l *LAPIC) Read(off uint32) uint32 {
 	return *l.reg(off)
 }
 
+// Trap context allowed.
 func (l *LAPIC) Write(off uint32, v uint32) {
 	if l.X2 {
 		amd64.WRMSR(X2APICMSR(off), uint64(v))
@@ -132,6 +135,8 @@ func (l *LAPIC) Init(spurious uint8) {
 func (l *LAPIC) EOI() { l.Write(RegEOI, 0) }
 
 // OneShot arms the timer to raise vector once after count ticks (0 stops it).
+//
+// Trap context allowed.
 func (l *LAPIC) OneShot(vector uint8, count uint32) {
 	l.Write(RegLVTTimer, uint32(vector)) // one-shot mode, unmasked
 	l.Write(RegTimerInitial, count)
@@ -162,6 +167,8 @@ func ICR(x2 bool, dest uint32, vector uint8, delivery, shorthand uint32) uint64 
 
 // Send issues an interrupt command and reports whether the APIC accepted it within the bound
 // (x2APIC has no busy bit: the write is the delivery).
+//
+// Trap context allowed.
 func (l *LAPIC) Send(dest uint32, vector uint8, delivery, shorthand uint32) bool {
 	v := ICR(l.X2, dest, vector, delivery, shorthand)
 	if l.X2 {

@@ -7,9 +7,13 @@ func syscallEntry()
 func commonEntry()
 func frameReturn()
 func enterFrame(f *Frame)
+
+// Trap context allowed.
 func kernelStart() uintptr
 func kernelEnd() uintptr
 func kernelTextEnd() uintptr
+
+// Trap context allowed.
 func pclntab() (start, end uintptr)
 func stubAddr(v int) uintptr
 func syscallEntryAddr() uintptr

@@ -70,6 +70,8 @@ func nanotime() int64 {
 }
 
 // walltime is Unix time in ns.
+//
+// Trap context allowed.
 func walltime() int64 { return wallBase + nanotime() }
 
 // CMOS RTC (MC146818) ports and registers.

@@ -20,6 +20,9 @@ var consoleLock spinlock
 // seizeConsole); 0 until then.
 var consoleOwner atomic.Int32
 
+// consoleWrite writes b to the console as one piece of output. Kernel context; in trap
+// context only after seizeConsole, as fatalTrap does (the interrupted code may hold
+// consoleLock).
 func consoleWrite(b []byte) {
 	if consoleAcquire() {
 		consoleRaw(b)
@@ -30,6 +33,9 @@ func consoleWrite(b []byte) {
 // consoleAcquire takes the console for a write. After a fatal report seized it, only the
 // reporting CPU writes (without the lock); every other CPU's output is dropped, so nothing lands
 // inside the report the host parses.
+//
+// Kernel context; in trap context only after seizeConsole, as fatalTrap does (the interrupted
+// code may hold consoleLock).
 func consoleAcquire() bool {
 	if owner := consoleOwner.Load(); owner != 0 {
 		return int(owner) == thisCPU().id+1
@@ -66,6 +72,8 @@ func seizeConsole(c *CPU) {
 }
 
 // consoleRaw writes b to COM1; the caller holds consoleLock.
+//
+// Trap context allowed. With the console held (consoleAcquire or seizeConsole).
 func consoleRaw(b []byte) {
 	for _, c := range b {
 		if c == '\n' {
@@ -105,6 +113,8 @@ func (k *kbuf) bytes(b []byte) *kbuf {
 }
 
 // hex appends v as 0x-prefixed hexadecimal.
+//
+// Trap context allowed.
 func (k *kbuf) hex(v uint64) *kbuf {
 	k.s("0x")
 	started := false
@@ -119,6 +129,8 @@ func (k *kbuf) hex(v uint64) *kbuf {
 }
 
 // dec appends v in decimal.
+//
+// Trap context allowed.
 func (k *kbuf) dec(v int64) *kbuf {
 	if v < 0 {
 		k.c('-')
@@ -138,6 +150,9 @@ func (k *kbuf) dec(v int64) *kbuf {
 }
 
 // out writes the line (a newline is added) and resets the builder.
+//
+// Kernel context (it takes the console through consoleWrite); in trap context only after
+// seizeConsole, as fatalTrap does.
 func (k *kbuf) out() {
 	k.c('\n')
 	consoleWrite(k.b[:k.n])

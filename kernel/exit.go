@@ -10,6 +10,8 @@ const portDebugExit = 0xf4
 
 // debugExit leaves QEMU with one of the ktest exit values, or halts forever when the device is
 // missing (the host's timeout then reports a hang).
+//
+// Trap context allowed.
 func debugExit(v uint32) {
 	amd64.Out32(portDebugExit, v)
 	for {
@@ -20,6 +22,8 @@ func debugExit(v uint32) {
 
 // exitGroup maps the runtime's exit status: 0 pass, 1 fail, anything else (2 is what the
 // runtime uses after a panic or a fatal error) fatal.
+//
+// Kernel context, klock held.
 func exitGroup(status int) {
 	var k kbuf
 	k.s("tracebed: exit_group(").dec(int64(status)).s(")").out()

@@ -123,6 +123,7 @@ func sysWriteFD(fd int64, buf, n uint64) int64 {
 	return -errEBADF
 }
 
+// Kernel context, klock held.
 func sysReadFD(fd int64, buf, n uint64) int64 {
 	if f := fdOf(fd, fdEventfd); f != nil {
 		if n < 8 {
@@ -153,6 +154,7 @@ func newEventfd(initval uint64) int64 {
 
 func newEpoll() int64 { return allocFD(fdEpoll) }
 
+// Kernel context, klock held.
 func epollCtl(epfd int64, op uint64, fd int64, ev uint64) int64 {
 	ep := fdOf(epfd, fdEpoll)
 	if ep == nil || fd < 0 || fd >= maxFDs || fds[fd].kind == fdFree {
@@ -198,6 +200,8 @@ func epollCtl(epfd int64, op uint64, fd int64, ev uint64) int64 {
 
 // epollReady writes up to max ready events of epfd to buf and returns how many (-EFAULT when
 // buf is bad before the first).
+//
+// Kernel context, klock held.
 func epollReady(epfd int64, buf, max uint64) int64 {
 	ep := fdOf(epfd, fdEpoll)
 	if ep == nil {
@@ -217,6 +221,7 @@ func epollReady(epfd int64, buf, max uint64) int64 {
 	return int64(n)
 }
 
+// Kernel context, klock held.
 func (c *CPU) epollWait(f *Frame, epfd int64, buf, max uint64, timeoutMs int64) int64 {
 	n := epollReady(epfd, buf, max)
 	if n != 0 || timeoutMs == 0 {
@@ -232,6 +237,8 @@ func (c *CPU) epollWait(f *Frame, epfd int64, buf, max uint64, timeoutMs int64) 
 }
 
 // eventfdReady wakes threads in epoll_pwait on an epoll set that watches fd.
+//
+// Kernel context, klock held.
 func eventfdReady(fd int64) {
 	for i := int32(0); i < nthreads; i++ {
 		t := &threads[i]

@@ -42,6 +42,8 @@ func CurrentCPU() int { return thisCPU().id }
 func FoundCPUs() int { return ncpuFound }
 
 // Nanotime is the kernel's monotonic clock in ns (the TSC; no system call).
+//
+// Trap context allowed.
 func Nanotime() int64 { return nanotime() }
 
 // CPUStats are one CPU's counters.

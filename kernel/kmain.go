@@ -187,7 +187,7 @@ func startRuntime(c *CPU) {
 		// ktest.ParseCmdline.
 		var k kbuf
 		k.s("tracebed: fatal: the command line has ").dec(int64(nwords)).s(" words; at most ").
-			dec(int64(len(argv)-2)).s(" reach the test runner").out()
+			dec(int64(len(argv) - 2)).s(" reach the test runner").out()
 		debugExit(ktest.ExitFatal)
 	}
 	argc := 0

@@ -15,6 +15,7 @@ import (
 // others without deadlock.
 type spinlock struct{ v uint32 }
 
+// Kernel context: interrupts off, so a holder is never preempted; never in NMI context.
 func (l *spinlock) lock() {
 	for !atomic.CompareAndSwapUint32(&l.v, 0, 1) {
 		for atomic.LoadUint32(&l.v) != 0 {

@@ -40,6 +40,8 @@ func table(pa uint64) *[512]uint64 { return (*[512]uint64)(unsafe.Pointer(uintpt
 func ptIndex(va uint64, level uint) uint64 { return (va >> (12 + 9*level)) & 511 }
 
 // entry returns the level-0 (4 KiB) entry for va, creating tables when create is set.
+//
+// Kernel context, klock held. (Or boot, before any other CPU runs.)
 func (pt *pageTable) entry(va uint64, create bool) (*uint64, int) {
 	if !amd64.Canonical(va) {
 		return nil, ptNonCanonical
@@ -94,6 +96,8 @@ func (pt *pageTable) unmapPage(va uint64) (uint64, bool) {
 }
 
 // lookup translates va, following 1 GiB and 2 MiB pages too.
+//
+// Trap context allowed. (A read-only walk.)
 func (pt *pageTable) lookup(va uint64) (pa, flags uint64, ok bool) {
 	if !amd64.Canonical(va) {
 		return 0, 0, false

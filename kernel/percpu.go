@@ -81,6 +81,8 @@ type CPU struct {
 var cpus [MaxCPUs]CPU
 
 // thisCPU returns the CPU block of the running CPU (GS:0).
+//
+// Trap context allowed.
 func thisCPU() *CPU
 
 // initCPU prepares CPU i's block and stacks; the CPU loads them with loadCPU.

@@ -75,6 +75,8 @@ func (f *frames) reserve(pa, size uint64) {
 }
 
 // alloc takes one free frame and returns its physical address.
+//
+// Kernel context, klock held. (Or boot, before any other CPU runs.)
 func (f *frames) alloc() (uint64, bool) {
 	words := (f.n + 63) / 64
 	for k := uint64(0); k < words; k++ {

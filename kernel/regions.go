@@ -26,6 +26,8 @@ func (s *regionSet) overlaps(start, end uint64) bool {
 }
 
 // add reserves [start, end), merging with neighbours; false when the table is full.
+//
+// Kernel context, klock held. (Or boot, before any other CPU runs.)
 func (s *regionSet) add(start, end uint64) bool {
 	if start >= end {
 		return true
@@ -61,6 +63,8 @@ func (s *regionSet) add(start, end uint64) bool {
 
 // remove releases [start, end), splitting a range if needed; false when a split finds the
 // table full.
+//
+// Kernel context, klock held. (Or boot, before any other CPU runs.)
 func (s *regionSet) remove(start, end uint64) bool {
 	if start >= end {
 		return true

@@ -145,6 +145,8 @@ func newThread() int32 {
 
 // wake makes blocked thread i runnable with syscall result ret, and kicks an idle CPU to run
 // it.
+//
+// Kernel context, klock held.
 func wake(i int32, ret uint64) {
 	t := &threads[i]
 	t.frame.RAX = ret
@@ -160,6 +162,8 @@ func wake(i int32, ret uint64) {
 }
 
 // wakeExpired wakes every thread whose deadline has passed.
+//
+// Kernel context, klock held.
 func wakeExpired(now int64) {
 	for i := int32(0); i < nthreads; i++ {
 		t := &threads[i]
@@ -181,6 +185,8 @@ func earliestDeadline() int64 {
 }
 
 // armTimer programs this CPU's one-shot timer for its next scheduling event.
+//
+// Kernel context, klock held.
 func (c *CPU) armTimer() {
 	next := earliestDeadline()
 	if c.current >= 0 && (next == 0 || c.sliceEnd < next) {
@@ -199,6 +205,8 @@ func (c *CPU) armTimer() {
 
 // timerIn arms this CPU's one-shot timer for about ns from now (at least one LAPIC tick, at
 // most the 32-bit counter's range).
+//
+// Trap context allowed.
 func timerIn(ns int64) {
 	ticks := uint64(ns) * lapicHz / 1e9
 	if ticks > 0xffffffff {
@@ -211,6 +219,8 @@ func timerIn(ns int64) {
 }
 
 // resume makes thread i this CPU's current thread and loads its registers into f.
+//
+// Kernel context, klock held.
 func (c *CPU) resume(i int32, f *Frame) {
 	t := &threads[i]
 	t.state = thRunning
@@ -223,6 +233,8 @@ func (c *CPU) resume(i int32, f *Frame) {
 
 // reschedule gives the CPU to the next runnable thread, idling until there is one. The
 // current thread, if any, must already be saved. Called with klock held; returns with it held.
+//
+// Kernel context, klock held.
 func (c *CPU) reschedule(f *Frame) {
 	c.current = -1
 	for {
@@ -245,6 +257,8 @@ func (c *CPU) reschedule(f *Frame) {
 
 // block saves the current thread as waiting for kind until woken or until deadline (then
 // returning timeoutRet), and switches away.
+//
+// Kernel context, klock held.
 func (c *CPU) block(f *Frame, kind uint32, deadline int64, timeoutRet uint64) {
 	t := &threads[c.current]
 	t.frame = *f
@@ -257,6 +271,8 @@ func (c *CPU) block(f *Frame, kind uint32, deadline int64, timeoutRet uint64) {
 
 // yield puts the current thread at the tail of the run queue if another is waiting, or if
 // it is pinned to another CPU (it then moves there).
+//
+// Kernel context, klock held.
 func (c *CPU) yield(f *Frame) {
 	t := &threads[c.current]
 	away := t.pin >= 0 && t.pin != int32(c.id)

@@ -170,6 +170,8 @@ func apMain(c *CPU) {
 // kickIdle sends a wake IPI to one idle CPU so it picks up the thread just queued: the
 // thread's previous CPU when that one idles (its caches are warm), else the first idle one.
 // A CPU already kicked and not yet awake is not kicked again. Called with klock held.
+//
+// Kernel context, klock held.
 func kickIdle(prefer int32) {
 	self := thisCPU()
 	if prefer >= 0 && prefer < int32(ncpuOnline) && kick(&cpus[prefer], self) {
@@ -182,6 +184,7 @@ func kickIdle(prefer int32) {
 	}
 }
 
+// Kernel context, klock held.
 func kick(c, self *CPU) bool {
 	if c == self || !c.idling || c.kicked {
 		return false
@@ -196,6 +199,8 @@ func kick(c, self *CPU) bool {
 // with klock held after page-table entries were removed, before their frames can be reused.
 // A CPU spinning for klock (interrupts off) cannot take the IPI, so spinlock.lock drains
 // flush requests while it waits (drainTLB); every other CPU takes the IPI.
+//
+// Kernel context, klock held.
 func tlbShootdown() {
 	if ncpuOnline < 2 {
 		return
@@ -224,6 +229,8 @@ func tlbShootdown() {
 
 // drainTLB flushes this CPU's TLB if a shootdown is waiting for it. Safe anywhere once GS
 // is set up; a no-op before the first shootdown.
+//
+// Trap context allowed.
 func drainTLB() {
 	gen := atomic.LoadUint64(&tlbGen)
 	if gen == 0 {

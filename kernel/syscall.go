@@ -93,8 +93,8 @@ const (
 	cloneSetTLS   = 0x80000
 	timerAbstime  = 1
 	ssDisable     = 2
-	sigsetSize    = 8 // the kernel's sigset_t: rt_sigprocmask takes no other size
-	sigSetmask    = 2 // the largest rt_sigprocmask how (SIG_BLOCK 0, SIG_UNBLOCK 1, SIG_SETMASK 2)
+	sigsetSize    = 8    // the kernel's sigset_t: rt_sigprocmask takes no other size
+	sigSetmask    = 2    // the largest rt_sigprocmask how (SIG_BLOCK 0, SIG_UNBLOCK 1, SIG_SETMASK 2)
 	maxGetrandom  = 4096 // bytes per getrandom call (a short count beyond; Linux: 32 MiB - 1)
 )
 
@@ -117,6 +117,9 @@ func kernelBytes(p, n uint64) []byte {
 
 // syscall dispatches the SYSCALL in f and leaves the result in f.RAX (possibly after
 // blocking the thread, in which case f holds another thread when it returns).
+//
+// Kernel context: the SYSCALL entry (IF=0, not nested); it takes klock for every call but
+// console writes.
 func (c *CPU) syscall(f *Frame) {
 	nr := f.RAX
 	a0, a1, a2, a3, a4 := f.RDI, f.RSI, f.RDX, f.R10, f.R8
@@ -277,6 +280,7 @@ func (c *CPU) syscall(f *Frame) {
 // set when it wakes.
 const blocked = -1 << 62
 
+// Kernel context, klock held.
 func (c *CPU) sleepUntil(f *Frame, deadline int64) int64 {
 	if deadline <= nanotime() {
 		return 0
@@ -285,6 +289,7 @@ func (c *CPU) sleepUntil(f *Frame, deadline int64) int64 {
 	return blocked
 }
 
+// Kernel context, klock held.
 func (c *CPU) futex(f *Frame, addr, op, val, timeout uint64) int64 {
 	switch op & futexCmdMask {
 	case futexWait, futexWaitBits:
@@ -333,6 +338,8 @@ func (c *CPU) futex(f *Frame, addr, op, val, timeout uint64) int64 {
 
 // clone creates a thread sharing everything (the runtime's newosproc): it resumes at the
 // same RIP with RAX=0, RSP=stack and, with CLONE_SETTLS, FS base = tls.
+//
+// Kernel context, klock held.
 func (c *CPU) clone(f *Frame, flags, stack, tls uint64) int64 {
 	if flags&(cloneVM|cloneThread) != cloneVM|cloneThread {
 		return -errEINVAL
@@ -354,6 +361,7 @@ func (c *CPU) clone(f *Frame, flags, stack, tls uint64) int64 {
 	return int64(t.tid)
 }
 
+// Kernel context, klock held.
 func schedGetaffinity(size, mask uint64) int64 {
 	const bytes = 8
 	if size < bytes {
@@ -369,6 +377,7 @@ func schedGetaffinity(size, mask uint64) int64 {
 	return bytes
 }
 
+// Kernel context, klock held.
 func clockGettime(clk, ts uint64) int64 {
 	var ns int64
 	switch clk {
@@ -389,6 +398,8 @@ var randState uint64 = 0x9e3779b97f4a7c15
 
 // getrandom fills buf from splitmix64 seeded by the TSC: good enough for the runtime's hash
 // seeds, not for cryptography.
+//
+// Kernel context, klock held.
 func getrandom(buf, n uint64) int64 {
 	n = min(n, maxGetrandom) // klock is held: a short count, as Linux may give
 	if !userRange(buf, n) {

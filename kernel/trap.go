@@ -59,6 +59,8 @@ func (c *CPU) threadFrame(f *Frame) bool {
 
 // fatalTrap reports an exception the kernel cannot handle and ends the run with the fatal
 // exit code. The console lines start with "tracebed: fatal" so the host can classify them.
+//
+// Trap context.
 func fatalTrap(c *CPU, f *Frame) {
 	seizeConsole(c) // this CPU may hold consoleLock: the fault came from inside a console write
 	var k kbuf

@@ -6,6 +6,7 @@ import (
 	"go/token"
 	"io/fs"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 
@@ -21,8 +22,7 @@ func registeredHandlers(t *testing.T, root string) []string {
 	var out []string
 	fset := token.NewFileSet()
 	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") ||
-			strings.Contains(path, "testdata") {
+		if err != nil || !isSource(path, d) {
 			return err
 		}
 		f, err := parser.ParseFile(fset, path, nil, 0)
@@ -55,9 +55,51 @@ func registeredHandlers(t *testing.T, root string) []string {
 	return out
 }
 
+// isSource reports a Go file of the module's code: not a test, not a fixture.
+func isSource(path string, d fs.DirEntry) bool {
+	return !d.IsDir() && strings.HasSuffix(path, ".go") && !strings.HasSuffix(path, "_test.go") &&
+		!strings.Contains(path, "testdata")
+}
+
 func isIdent(e ast.Expr, name string) bool {
 	id, ok := e.(*ast.Ident)
 	return ok && id.Name == name
+}
+
+// funcDocs returns the doc comment of every function declared in the module's Go source, by
+// its pclntab name ("tracebed/pkg.Func", "tracebed/pkg.(*T).M", "tracebed/pkg.T.M").
+func funcDocs(t *testing.T, root string) map[string]string {
+	docs := map[string]string{}
+	fset := token.NewFileSet()
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !isSource(path, d) {
+			return err
+		}
+		f, err := parser.ParseFile(fset, path, nil, parser.ParseComments)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, filepath.Dir(path))
+		for _, decl := range f.Decls {
+			fd, ok := decl.(*ast.FuncDecl)
+			if !ok {
+				continue
+			}
+			name := fd.Name.Name
+			if fd.Recv != nil {
+				switch r := fd.Recv.List[0].Type.(type) {
+				case *ast.StarExpr:
+					name = "(*" + r.X.(*ast.Ident).Name + ")." + name
+				case *ast.Ident:
+					name = r.Name + "." + name
+				}
+			}
+			docs["tracebed/"+filepath.ToSlash(rel)+"."+name] = fd.Doc.Text()
+		}
+		return nil
+	})
+	require.NoError(t, err)
+	return docs
 }
 
 // bootOnly lists functions reachable from a trap entry that run only on paths where the rules
@@ -96,5 +138,26 @@ func TestTrapContextRules(t *testing.T) {
 		len(reached), len(handlers), g.Undecodable)
 	for _, v := range g.Check(roots, bootOnly) {
 		t.Errorf("trap context reaches %s: %s", v.Func, v.Path)
+	}
+
+	// Labels: every function of this module that a trap entry reaches says in its doc comment
+	// which context it runs in — "Trap context" (any vector, nested, IF as the gate left it;
+	// "Trap context allowed" for helpers safe there) or "Kernel context" (the system-call path
+	// and what klock serialises: IF=0, not nested in itself; ", klock held" where it is).
+	docs := funcDocs(t, "..")
+	var unlabelled []string
+	for f := range reached {
+		name := g.Funcs[f].Name
+		doc, ok := docs[name]
+		if !strings.HasPrefix(name, "tracebed/") || !ok { // runtime, or assembly-only (no Go declaration)
+			continue
+		}
+		if !strings.Contains(doc, "Trap context") && !strings.Contains(doc, "Kernel context") {
+			unlabelled = append(unlabelled, name)
+		}
+	}
+	sort.Strings(unlabelled)
+	for _, n := range unlabelled {
+		t.Errorf("%s is reached from a trap entry but its doc comment names no context", n)
 	}
 }

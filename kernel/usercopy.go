@@ -21,24 +21,34 @@ import (
 func userRange(p, n uint64) bool { return p+n >= p }
 
 // putU8 writes one byte of user memory.
+//
+// Trap context allowed.
 func putU8(p uint64, v uint8) bool { return !trap.SafeStore8(uintptr(p), v).Failed() }
 
 // getU64 reads 8 bytes of user memory.
+//
+// Trap context allowed.
 func getU64(p uint64) (uint64, bool) {
 	v, f := trap.SafeLoad64(uintptr(p))
 	return v, !f.Failed()
 }
 
 // getU32 reads 4 bytes of user memory (one access: atomic when aligned, as futex needs).
+//
+// Trap context allowed.
 func getU32(p uint64) (uint32, bool) {
 	v, f := trap.SafeLoad32(uintptr(p))
 	return v, !f.Failed()
 }
 
 // putU64 writes 8 bytes of user memory.
+//
+// Trap context allowed.
 func putU64(p, v uint64) bool { return !trap.SafeStore64(uintptr(p), v).Failed() }
 
 // putU32 writes 4 bytes of user memory, least significant first.
+//
+// Trap context allowed.
 func putU32(p uint64, v uint32) bool {
 	for i := uint64(0); i < 4; i++ {
 		if !putU8(p+i, uint8(v>>(8*i))) {
@@ -49,6 +59,8 @@ func putU32(p uint64, v uint32) bool {
 }
 
 // zeroUser clears n bytes of user memory.
+//
+// Trap context allowed.
 func zeroUser(p, n uint64) bool {
 	if !userRange(p, n) {
 		return false
@@ -63,6 +75,8 @@ func zeroUser(p, n uint64) bool {
 
 // copyIn fills dst from user memory at p and returns how many bytes it read before a fault
 // (len(dst) when none).
+//
+// Trap context allowed.
 func copyIn(dst []byte, p uint64) int {
 	if !userRange(p, uint64(len(dst))) {
 		return 0
@@ -83,6 +97,8 @@ const maxTimespecNs = 1 << 62
 
 // getTimespec reads a struct timespec as nanoseconds, or returns the errno Linux gives:
 // EFAULT for a bad pointer, EINVAL for a negative time or tv_nsec out of [0, 1e9).
+//
+// Trap context allowed.
 func getTimespec(p uint64) (ns int64, errno int64) {
 	s, ok1 := getU64(p)
 	n, ok2 := getU64(p + 8)
@@ -98,6 +114,8 @@ func getTimespec(p uint64) (ns int64, errno int64) {
 }
 
 // putTimespec writes ns as a struct timespec.
+//
+// Trap context allowed.
 func putTimespec(p uint64, ns int64) bool {
 	return putU64(p, uint64(ns/1e9)) && putU64(p+8, uint64(ns%1e9))
 }

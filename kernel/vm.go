@@ -48,6 +48,8 @@ func zeroPage(pa uint64) { clear(table(pa)[:]) }
 
 // walkMapped calls fn for every mapped 4 KiB page in [start, end), skipping absent tables in
 // whole. fn gets the entry and the address.
+//
+// Kernel context, klock held. (Or boot, before any other CPU runs.)
 func (pt *pageTable) walkMapped(start, end uint64, fn func(e *uint64, va uint64)) {
 	va := start
 	for va < end {
@@ -74,6 +76,8 @@ func (pt *pageTable) walkMapped(start, end uint64, fn func(e *uint64, va uint64)
 }
 
 // commit makes [start, end) mapped, writable and zero-filled.
+//
+// Kernel context, klock held.
 func commit(start, end, prot uint64) int64 {
 	fl := pageFlags(prot)
 	for va := start; va < end; va += pageSize {
@@ -100,6 +104,8 @@ func commit(start, end, prot uint64) int64 {
 // decommit unmaps [start, end) and frees its frames. Other CPUs may still hold the old
 // translations in their TLBs, so they flush before klock is released and anyone can take the
 // frames again.
+//
+// Kernel context, klock held.
 func decommit(start, end uint64) {
 	n := 0
 	kpt.walkMapped(start, end, func(e *uint64, va uint64) {
@@ -114,6 +120,7 @@ func decommit(start, end uint64) {
 	}
 }
 
+// Kernel context, klock held.
 func sysMmap(addr, length, prot, flags uint64) int64 {
 	if length == 0 || length > userTop {
 		return -errEINVAL
@@ -163,6 +170,7 @@ func inUserSpace(addr, length uint64) bool {
 		(addr+length+pageSize-1)&^(pageSize-1) <= userTop
 }
 
+// Kernel context, klock held.
 func sysMunmap(addr, length uint64) int64 {
 	if addr%pageSize != 0 || length == 0 {
 		return -errEINVAL
@@ -176,6 +184,7 @@ func sysMunmap(addr, length uint64) int64 {
 	return 0
 }
 
+// Kernel context, klock held.
 func sysMadvise(addr, length, advice uint64) int64 {
 	if addr%pageSize != 0 {
 		return -errEINVAL
@@ -187,6 +196,7 @@ func sysMadvise(addr, length, advice uint64) int64 {
 	return 0
 }
 
+// Kernel context, klock held.
 func sysMprotect(addr, length, prot uint64) int64 {
 	if addr%pageSize != 0 {
 		return -errEINVAL

@@ -45,11 +45,25 @@ func (f Fault) Err() error {
 	return f
 }
 
+// Trap context allowed (see the protocol above: recoverSafeLoad returns on its behalf when
+// it faults).
 func safeLoad8(addr uintptr) (v uint64, vec uint64, faultAddr uintptr)
 func safeLoad16(addr uintptr) (v uint64, vec uint64, faultAddr uintptr)
+
+// Trap context allowed (see the protocol above: recoverSafeLoad returns on its behalf when
+// it faults).
 func safeLoad32(addr uintptr) (v uint64, vec uint64, faultAddr uintptr)
+
+// Trap context allowed (see the protocol above: recoverSafeLoad returns on its behalf when
+// it faults).
 func safeLoad64(addr uintptr) (v uint64, vec uint64, faultAddr uintptr)
+
+// Trap context allowed (see the protocol above: recoverSafeLoad returns on its behalf when
+// it faults).
 func safeStore8(addr uintptr, v uint64) (vec uint64, faultAddr uintptr)
+
+// Trap context allowed (see the protocol above: recoverSafeLoad returns on its behalf when
+// it faults).
 func safeStore64(addr uintptr, v uint64) (vec uint64, faultAddr uintptr)
 func safeLoadEntries(out *[nSafe]uintptr)
 

@@ -32,6 +32,8 @@ const (
 
 // NewTable reads the header of the pclntab in data, whose functions start at text. false
 // when it is not a Go 1.20+ table for 64-bit pointers or its offsets do not fit.
+//
+// Trap context allowed.
 func NewTable(data []byte, text uintptr) (Table, bool) {
 	if len(data) < headerSize || binary.LittleEndian.Uint32(data) != pclnMagic || data[7] != 8 {
 		return Table{}, false
@@ -104,6 +106,8 @@ func (t *Table) Lookup(pc uintptr) (fn, file string, line int, ok bool) {
 
 // pcvalue runs the value table at off for the function entered at entry (text offsets) to
 // the value in effect at target.
+//
+// Trap context allowed.
 func (t *Table) pcvalue(off, entry, target uint64) (int32, bool) {
 	if off == 0 || off >= uint64(len(t.pctab)) {
 		return 0, false

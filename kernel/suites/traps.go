@@ -46,6 +46,8 @@ var Traps = ktest.Suite{Name: "traps", Cases: []ktest.Case{
 }}
 
 // Routines in traps_amd64.s.
+//
+// Trap context allowed. (The nested-trap case runs it inside a #BP handler.)
 func int3Site()
 func icebpSite()
 func stepBasic()
@@ -135,6 +137,7 @@ const (
 
 var logs [trap.MaxCPUs]cpuLog
 
+// Trap context allowed.
 func (l *cpuLog) add(f *trap.Frame, dr6 uint64) {
 	if l.n < maxRecords {
 		l.recs[l.n] = record{vector: f.Vector, err: f.Err, rip: f.RIP, cr2: f.CR2, dr6: dr6,
@@ -193,6 +196,8 @@ func onBreakpoint(f *trap.Frame) bool {
 
 // onFault records a #PF or #GP at the armed RIP and resumes after the instruction. Trap
 // context.
+//
+// Trap context.
 func onFault(f *trap.Frame) bool {
 	l := &logs[kernel.CurrentCPU()]
 	if l.armed&(1<<f.Vector) == 0 || f.RIP != l.skipRIP {
