@@ -97,12 +97,20 @@ func TestHangIsDetected(t *testing.T) {
 	assert.Less(t, rep.Total, 60*time.Second, "the timeout bounds the run")
 }
 
-func TestFaultIsDetected(t *testing.T) {
-	rep := boot(t, qemu.Config{Append: "suite=fault", Timeout: 2 * time.Minute})
+// fatalUnmappedLoad boots suite and checks that it ends in the fatal report of a #PF at the
+// fault suites' unmapped address; it returns the report's console lines.
+func fatalUnmappedLoad(t *testing.T, suite string) (*qemu.Report, string) {
+	t.Helper()
+	rep := boot(t, qemu.Config{Append: "suite=" + suite, Timeout: 2 * time.Minute})
 	require.Equal(t, qemu.Fatal, rep.Outcome, "tail:\n%s", strings.Join(rep.Tail, "\n"))
 	tail := strings.Join(rep.Tail, "\n")
 	assert.Contains(t, tail, "vector 14 #PF page fault")
 	assert.Contains(t, tail, "CR2 0xdeadbee000")
+	return rep, tail
+}
+
+func TestFaultIsDetected(t *testing.T) {
+	rep, tail := fatalUnmappedLoad(t, "fault")
 	require.NotEmpty(t, rep.Stack)
 	assert.Contains(t, strings.Join(rep.Stack, "\n"), "tracebed/kernel/suites", "the stack is symbolized")
 	// The kernel names the same frames itself, from its own pclntab.
@@ -117,11 +125,7 @@ func TestFaultIsDetected(t *testing.T) {
 // seizes the console after a bounded wait. Without that (remove seizeConsole from fatalTrap) the
 // report spins on the lock its own CPU holds and this run ends as a HANG.
 func TestFaultWhilePrintingIsReported(t *testing.T) {
-	rep := boot(t, qemu.Config{Append: "suite=fault_console", Timeout: 2 * time.Minute})
-	require.Equal(t, qemu.Fatal, rep.Outcome, "tail:\n%s", strings.Join(rep.Tail, "\n"))
-	tail := strings.Join(rep.Tail, "\n")
-	assert.Contains(t, tail, "vector 14 #PF page fault")
-	assert.Contains(t, tail, "CR2 0xdeadbee000")
+	_, tail := fatalUnmappedLoad(t, "fault_console")
 	assert.Regexp(t, `tracebed: fatal frame 0 0x[0-9a-f]+ tracebed/kernel\.FaultInConsoleWrite `, tail)
 }
 
