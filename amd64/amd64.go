@@ -102,8 +102,13 @@ func Flags() uint64
 // Halt enables interrupts and halts atomically (STI; HLT): a pending interrupt wakes it. It
 // returns with interrupts disabled again.
 //
-// Trap context allowed.
+// Kernel context (the idle loop): it opens an interrupt window, so never in trap context.
 func Halt()
+
+// Stop halts for good with interrupts disabled (CLI; HLT, again after each NMI).
+//
+// Trap context allowed.
+func Stop()
 
 // Pause is the spin-loop hint.
 //
@@ -157,4 +162,6 @@ func DR7Breakpoint(n int, rw uint64, length int) uint64 {
 
 // Canonical reports whether va has bits 63..47 all equal (SDM Vol. 1, 3.3.7.1): other
 // addresses raise #GP (#SS through RSP/RBP) when used.
+//
+// Trap context allowed.
 func Canonical(va uint64) bool { return uint64(int64(va<<16)>>16) == va }

@@ -150,6 +150,12 @@ TEXT ·Halt(SB),NOSPLIT,$0
 	CLI
 	RET
 
+TEXT ·Stop(SB),NOSPLIT,$0
+	CLI
+stop:
+	HLT
+	JMP stop
+
 TEXT ·Pause(SB),NOSPLIT,$0
 	PAUSE
 	RET

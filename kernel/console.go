@@ -37,18 +37,30 @@ func consoleWrite(b []byte) {
 // Kernel context; in trap context only after seizeConsole, as fatalTrap does (the interrupted
 // code may hold consoleLock).
 func consoleAcquire() bool {
-	if owner := consoleOwner.Load(); owner != 0 {
-		return int(owner) == thisCPU().id+1
+	if consoleOwner.Load() != 0 {
+		return consoleMine()
 	}
 	consoleLock.lock()
-	if consoleOwner.Load() != 0 { // seized while this CPU waited: the lock was taken by force
+	if consoleOwner.Load() != 0 {
+		// Seized while this CPU waited and the lock came free (its holder released it after
+		// the report had taken the console by force): this CPU's output is dropped.
 		consoleLock.unlock()
-		return consoleAcquire()
+		return consoleMine()
 	}
 	return true
 }
 
+// consoleMine reports whether this CPU may write: the console is not seized, or seized by it.
+//
+// Trap context allowed.
+func consoleMine() bool {
+	owner := consoleOwner.Load()
+	return owner == 0 || int(owner) == thisCPU().id+1
+}
+
 // consoleRelease ends a write begun by consoleAcquire.
+//
+// Kernel context; in trap context only after seizeConsole.
 func consoleRelease() {
 	if consoleOwner.Load() == 0 {
 		consoleLock.unlock()
@@ -63,15 +75,32 @@ const seizeSpins = 1 << 18
 // then takes the console anyway: the holder is either this CPU, interrupted inside a console
 // write (the fault came from there), or a CPU that does not let go. A report interleaved with a
 // half-written line beats a hang the host can only call a timeout. The console is never given
-// back: the run ends after the report. Trap context.
-func seizeConsole(c *CPU) {
+// back: the run ends after the report. It returns false when another CPU's report seized it
+// first: that report is printed whole, and this CPU must leave the exit to it.
+//
+// Trap context.
+func seizeConsole(c *CPU) bool {
 	for i := 0; i < seizeSpins && !consoleLock.tryLock(); i++ {
 		amd64.Pause()
 	}
-	consoleOwner.CompareAndSwap(0, int32(c.id+1)) // a second fatal CPU keeps the first's report whole
+	return consoleOwner.CompareAndSwap(0, int32(c.id+1)) || consoleMine()
 }
 
-// consoleRaw writes b to COM1; the caller holds consoleLock.
+// loserSpins bounds how long a CPU whose fatal report lost the console waits for the winner's
+// report to end the run: 2^24 PAUSEs, about 0.7 s on hardware (a report takes about 0.13 s at
+// 115200 baud) and 11 s under TCG. Then it exits itself, in case the winner is stuck.
+const loserSpins = 1 << 24
+
+// leaveExitToReporter waits for the CPU whose fatal report holds the console to end the run.
+//
+// Trap context.
+func leaveExitToReporter() {
+	for i := 0; i < loserSpins; i++ {
+		amd64.Pause()
+	}
+}
+
+// consoleRaw writes b to COM1; the caller holds the console (consoleAcquire or seizeConsole).
 //
 // Trap context allowed. With the console held (consoleAcquire or seizeConsole).
 func consoleRaw(b []byte) {
@@ -89,6 +118,7 @@ type kbuf struct {
 	n int
 }
 
+// Trap context allowed.
 func (k *kbuf) s(s string) *kbuf {
 	for i := 0; i < len(s) && k.n < len(k.b); i++ {
 		k.b[k.n] = s[i]
@@ -97,6 +127,7 @@ func (k *kbuf) s(s string) *kbuf {
 	return k
 }
 
+// Trap context allowed.
 func (k *kbuf) c(c byte) *kbuf {
 	if k.n < len(k.b) {
 		k.b[k.n] = c
@@ -105,6 +136,7 @@ func (k *kbuf) c(c byte) *kbuf {
 	return k
 }
 
+// Trap context allowed.
 func (k *kbuf) bytes(b []byte) *kbuf {
 	for _, c := range b {
 		k.c(c)
@@ -163,9 +195,10 @@ func (k *kbuf) out() {
 // and writes it, the way a console write of an unchecked buffer once faulted under the lock. For the fault_console
 // suite only: it shows that a fault there is reported, not hung. Never returns for a bad addr.
 func FaultInConsoleWrite(addr uintptr) {
-	amd64.DisableInterrupts() // as in kernel code: a spinlock holder is never preempted
+	fl := amd64.DisableInterrupts() // as in kernel code: a spinlock holder is never preempted
 	consoleLock.lock()
 	b := *(*byte)(unsafe.Pointer(addr))
 	consoleRaw([]byte{b})
 	consoleLock.unlock()
+	amd64.RestoreInterrupts(fl)
 }

@@ -14,10 +14,7 @@ const portDebugExit = 0xf4
 // Trap context allowed.
 func debugExit(v uint32) {
 	amd64.Out32(portDebugExit, v)
-	for {
-		amd64.DisableInterrupts()
-		amd64.Halt()
-	}
+	amd64.Stop() // interrupts stay off: this may be the end of a fatal trap
 }
 
 // exitGroup maps the runtime's exit status: 0 pass, 1 fail, anything else (2 is what the

@@ -42,6 +42,7 @@ func initFDs() {
 	}
 }
 
+// Kernel context, klock held.
 func allocFD(kind uint8) int64 {
 	for i := range fds {
 		if fds[i].kind == fdFree {
@@ -52,6 +53,7 @@ func allocFD(kind uint8) int64 {
 	return -errEMFILE
 }
 
+// Kernel context, klock held.
 func fdOf(fd int64, kind uint8) *fdesc {
 	if fd < 0 || fd >= maxFDs || fds[fd].kind != kind {
 		return nil
@@ -59,6 +61,7 @@ func fdOf(fd int64, kind uint8) *fdesc {
 	return &fds[fd]
 }
 
+// Kernel context, klock held.
 func closeFD(fd int64) int64 {
 	if fd < 0 || fd >= maxFDs || fds[fd].kind == fdFree {
 		return -errEBADF
@@ -88,7 +91,7 @@ func writeConsole(buf, n uint64) int64 {
 	for done < n {
 		m := min(n-done, uint64(len(chunk)))
 		got := uint64(copyIn(chunk[:m], buf+done))
-		if held {
+		if held && consoleMine() { // a fatal report may seize the console mid-write
 			consoleRaw(chunk[:got])
 		}
 		done += got
@@ -144,6 +147,7 @@ func sysReadFD(fd int64, buf, n uint64) int64 {
 	return -errEBADF
 }
 
+// Kernel context, klock held.
 func newEventfd(initval uint64) int64 {
 	fd := allocFD(fdEventfd)
 	if fd >= 0 {
@@ -152,6 +156,7 @@ func newEventfd(initval uint64) int64 {
 	return fd
 }
 
+// Kernel context, klock held.
 func newEpoll() int64 { return allocFD(fdEpoll) }
 
 // Kernel context, klock held.

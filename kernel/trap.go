@@ -62,7 +62,12 @@ func (c *CPU) threadFrame(f *Frame) bool {
 //
 // Trap context.
 func fatalTrap(c *CPU, f *Frame) {
-	seizeConsole(c) // this CPU may hold consoleLock: the fault came from inside a console write
+	// This CPU may hold consoleLock (the fault came from inside a console write); another CPU
+	// may be printing its own fatal report, which is then left to finish and end the run.
+	if !seizeConsole(c) {
+		leaveExitToReporter()
+		debugExit(ktest.ExitFatal)
+	}
 	var k kbuf
 	k.s("tracebed: fatal trap: vector ").dec(int64(f.Vector)).s(" ").s(idt.Name(f.Vector)).
 		s(" error ").hex(f.Err).s(" on cpu ").dec(int64(c.id))
