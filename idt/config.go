@@ -124,7 +124,7 @@ func (e ParseError) Error() string {
 	case ErrISTAnywhere:
 		return "idt.ist: NMI, #DF and #MC need an IST slot no other vector uses: they arrive at any instruction, also while another entry is still on its IST stack"
 	case ErrISTTrapShared:
-		return "idt.ist: a trap gate's IST slot must not be shared with vectors 32-255: an interrupt arriving before its entry leaves the IST stack would overwrite it"
+		return "idt.ist: a trap gate's IST slot must be its own: an interrupt arriving before its entry leaves the IST stack may raise a vector on the same slot, which would overwrite it"
 	}
 	return "ok"
 }
@@ -137,8 +137,10 @@ func (e ParseError) Error() string {
 //   - NMI, #DF and #MC are interrupt gates, each with an IST slot of its own: they arrive at
 //     any instruction, so also inside another vector's entry still on a shared IST stack, and an
 //     interrupt nesting in an NMI's entry would reopen NMIs with its IRET;
-//   - a trap gate (IF stays set) with an IST slot shares it with no vector 32-255: an
-//     interrupt arriving before its entry has left the IST stack would overwrite the frame.
+//   - a trap gate (IF stays set) with an IST slot shares it with no other vector: an interrupt
+//     can arrive before its entry has left the IST stack, and whatever that interrupt's
+//     handler raises (a #PF, a #BP of a probe) restarts at the top of its IST slot; if that
+//     slot is the trap gate's, the entry words not yet moved are overwritten.
 func (c *Config) Check() (ParseError, int) {
 	for v := 32; v < 256; v++ {
 		if c.Type[v] != TypeInterrupt {
@@ -162,8 +164,8 @@ func (c *Config) Check() (ParseError, int) {
 		if c.Type[v] != TypeTrap || c.IST[v] == ISTNone {
 			continue
 		}
-		for w := 32; w < 256; w++ {
-			if c.IST[w] == c.IST[v] {
+		for w := 0; w < 256; w++ {
+			if w != v && c.IST[w] == c.IST[v] {
 				return ErrISTTrapShared, v
 			}
 		}

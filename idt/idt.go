@@ -36,6 +36,8 @@ var names = [...]string{
 }
 
 // Name returns the name of an exception vector, or "" for other vectors.
+//
+// Trap context allowed.
 func Name(v uint64) string {
 	if v < uint64(len(names)) {
 		return names[v]

@@ -115,10 +115,12 @@ func TestConfigCheck(t *testing.T) {
 		vector    int
 	}{
 		{"", "", ParseOK, 0},
-		{"3:trap", "", ParseOK, 0},           // #BP on its own IST slot
-		{"3:trap,1:trap", "3:0", ParseOK, 0}, // a trap gate without a stack switch
-		{"3:trap", "3:2", ParseOK, 0},        // sharing with other exceptions only
-		{"48:trap", "", ErrGateIRQ, 48},      // the timer
+		{"3:trap", "", ParseOK, 0},                      // #BP on its own IST slot
+		{"3:trap,1:trap", "3:0", ParseOK, 0},            // a trap gate without a stack switch
+		{"3:trap", "3:2", ErrISTTrapShared, Breakpoint}, // a #PF in a nested timer would land there
+		{"1:trap,3:trap", "", ParseOK, 0},               // #DB and #BP have slots of their own
+		{"14:trap", "", ErrISTTrapShared, PageFault},    // ISTFault serves other exceptions too
+		{"48:trap", "", ErrGateIRQ, 48},                 // the timer
 		{"255:trap", "", ErrGateIRQ, 255},
 		{"2:trap", "", ErrGateAnywhere, NMI},
 		{"18:trap", "", ErrGateAnywhere, MachineCheck},

@@ -93,7 +93,7 @@ func TestIDTParametersAreChecked(t *testing.T) {
 		"idt.gate=48:trap":            "idt.gate: vectors 32-255 must stay interrupt gates",
 		"idt.gate=2:trap":             "idt.gate: NMI, #DF and #MC must stay interrupt gates",
 		"idt.ist=2:1":                 "idt.ist: NMI, #DF and #MC need an IST slot no other vector uses",
-		"idt.gate=3:trap idt.ist=3:1": "idt.ist: a trap gate's IST slot must not be shared with vectors 32-255",
+		"idt.gate=3:trap idt.ist=3:1": "idt.ist: a trap gate's IST slot must be its own",
 	} {
 		rep := boot(t, qemu.Config{Append: appendWords, Timeout: time.Minute})
 		require.Equal(t, qemu.Fatal, rep.Outcome, "%s: tail:\n%s", appendWords, strings.Join(rep.Tail, "\n"))
