@@ -87,14 +87,18 @@ const (
 	futexWake     = 1
 	futexWaitBits = 9
 	futexWakeBits = 10
-	futexCmdMask  = 0x7f // strips FUTEX_PRIVATE_FLAG and FUTEX_CLOCK_REALTIME
+	futexCmdMask  = 0x7f  // strips FUTEX_PRIVATE_FLAG and FUTEX_CLOCK_REALTIME
+	futexRealtime = 0x100 // FUTEX_CLOCK_REALTIME: an absolute timeout is wall-clock time
 	cloneVM       = 0x100
 	cloneThread   = 0x10000
 	cloneSetTLS   = 0x80000
 	timerAbstime  = 1
 	ssDisable     = 2
-	sigsetSize    = 8    // the kernel's sigset_t: rt_sigprocmask takes no other size
-	sigSetmask    = 2    // the largest rt_sigprocmask how (SIG_BLOCK 0, SIG_UNBLOCK 1, SIG_SETMASK 2)
+	sigsetSize    = 8 // the kernel's sigset_t: rt_sigprocmask takes no other size
+	sigSetmask    = 2 // the largest rt_sigprocmask how (SIG_BLOCK 0, SIG_UNBLOCK 1, SIG_SETMASK 2)
+	maxSignal     = 64
+	sigKill       = 9    // its action cannot be changed
+	sigStop       = 19   // nor this one's
 	maxGetrandom  = 4096 // bytes per getrandom call (a short count beyond; Linux: 32 MiB - 1)
 )
 
@@ -108,6 +112,8 @@ var (
 
 // u32 and u64 view kernel memory (never a system call's argument: see usercopy.go).
 func u32(p uint64) *uint32 { return (*uint32)(unsafe.Pointer(uintptr(p))) }
+
+// Trap context allowed.
 func u64(p uint64) *uint64 { return (*uint64)(unsafe.Pointer(uintptr(p))) }
 
 // kernelBytes views n bytes of kernel memory at p.
@@ -209,13 +215,14 @@ func (c *CPU) syscall(f *Frame) {
 	case nrExitGroup:
 		exitGroup(int(a0))
 	case nrRtSigaction: // (sig, act, oldact, sigsetsize), checked in Linux's order
-		if _, ok := getU64(a1); a1 != 0 && !ok {
-			r = -errEFAULT
-		}
+		var act [32]byte
 		switch {
 		case a3 != sigsetSize:
 			r = -errEINVAL
-		case r != 0:
+		case a0 < 1 || a0 > maxSignal || (a1 != 0 && (a0 == sigKill || a0 == sigStop)):
+			r = -errEINVAL
+		case a1 != 0 && copyIn(act[:], a1) != len(act):
+			r = -errEFAULT
 		case a2 != 0 && !zeroUser(a2, 32): // struct sigaction without the mask: handler SIG_DFL
 			r = -errEFAULT
 		}
@@ -291,7 +298,11 @@ func (c *CPU) sleepUntil(f *Frame, deadline int64) int64 {
 
 // Kernel context, klock held.
 func (c *CPU) futex(f *Frame, addr, op, val, timeout uint64) int64 {
-	switch op & futexCmdMask {
+	cmd := op & futexCmdMask
+	if (cmd == futexWaitBits || cmd == futexWakeBits) && uint32(f.R9) == 0 {
+		return -errEINVAL // an empty bitset (val3)
+	}
+	switch cmd {
 	case futexWait, futexWaitBits:
 		// As Linux: the timeout is read first, the word must be aligned (one load, atomic).
 		var deadline int64
@@ -299,6 +310,9 @@ func (c *CPU) futex(f *Frame, addr, op, val, timeout uint64) int64 {
 			var e int64
 			if deadline, e = getTimespec(timeout); e != 0 {
 				return -e
+			}
+			if cmd == futexWaitBits && op&futexRealtime != 0 {
+				deadline -= wallBase // on the kernel's monotonic clock
 			}
 		}
 		if addr%4 != 0 {
@@ -312,7 +326,7 @@ func (c *CPU) futex(f *Frame, addr, op, val, timeout uint64) int64 {
 			return -errEAGAIN
 		}
 		if timeout != 0 {
-			if op&futexCmdMask == futexWait {
+			if cmd == futexWait { // relative; FUTEX_WAIT_BITSET's is absolute
 				deadline += nanotime()
 			}
 			if deadline <= nanotime() {
@@ -323,6 +337,9 @@ func (c *CPU) futex(f *Frame, addr, op, val, timeout uint64) int64 {
 		c.block(f, waitFutex, deadline, negErrno(errETIMEDOUT))
 		return blocked
 	case futexWake, futexWakeBits:
+		if addr%4 != 0 {
+			return -errEINVAL
+		}
 		n := int64(0)
 		for i := int32(0); i < nthreads && n < int64(int32(val)); i++ {
 			t := &threads[i]
@@ -399,7 +416,7 @@ var randState uint64 = 0x9e3779b97f4a7c15
 // getrandom fills buf from splitmix64 seeded by the TSC: good enough for the runtime's hash
 // seeds, not for cryptography.
 //
-// Kernel context, klock held.
+// Kernel context, klock held (or boot, filling AT_RANDOM before any other CPU runs).
 func getrandom(buf, n uint64) int64 {
 	n = min(n, maxGetrandom) // klock is held: a short count, as Linux may give
 	if !userRange(buf, n) {
@@ -420,4 +437,6 @@ func getrandom(buf, n uint64) int64 {
 }
 
 // negErrno is -e as a register value.
+//
+// Trap context allowed.
 func negErrno(e int64) uint64 { return uint64(-e) }

@@ -1,6 +1,8 @@
 package ktest
 
 import (
+	"tracebed/trap"
+
 	"fmt"
 	"sort"
 	"strconv"
@@ -30,7 +32,7 @@ var knownParams = map[string]string{
 
 // kernelNumbers are the parameters the kernel itself reads as decimal numbers, with their
 // largest meaningful value.
-var kernelNumbers = map[string]uint64{"acpidump": 1, "nopreempt": 1, "ap_stuck": 31}
+var kernelNumbers = map[string]uint64{"acpidump": 1, "nopreempt": 1, "ap_stuck": trap.MaxCPUs - 1}
 
 // ParseCmdline parses words of the form key=value. Unknown keys, repeated keys, words without
 // '=', empty values and malformed numbers are errors, as are suites not in known.
