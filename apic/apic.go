@@ -89,8 +89,11 @@ func (l *LAPIC) EnableX2APIC() {
 }
 
 // X2APICMSR is the MSR that holds xAPIC register off in x2APIC mode.
+//
+// Trap context allowed.
 func X2APICMSR(off uint32) uint32 { return msrX2APICBase + off>>4 }
 
+// Trap context allowed.
 func (l *LAPIC) reg(off uint32) *uint32 {
 	return (*uint32)(unsafe.Pointer(uintptr(l.Base + off)))
 }
@@ -132,6 +135,8 @@ func (l *LAPIC) Init(spurious uint8) {
 }
 
 // EOI signals the end of the current interrupt.
+//
+// Trap context allowed.
 func (l *LAPIC) EOI() { l.Write(RegEOI, 0) }
 
 // OneShot arms the timer to raise vector once after count ticks (0 stops it).
@@ -154,6 +159,8 @@ func (l *LAPIC) Current() uint32 { return l.Read(RegTimerCurrent) }
 // ICR encodes an interrupt command: delivery mode, destination shorthand and vector, with the
 // destination APIC ID in the high half (bits 63:56 for xAPIC, 63:32 for x2APIC). INIT is sent
 // with the level asserted, as the SDM's MP start-up sequence does (8.4.4.1).
+//
+// Trap context allowed.
 func ICR(x2 bool, dest uint32, vector uint8, delivery, shorthand uint32) uint64 {
 	lo := uint64(delivery | shorthand | uint32(vector))
 	if delivery == DeliveryINIT || delivery == DeliveryNMI {
@@ -187,6 +194,8 @@ func (l *LAPIC) Send(dest uint32, vector uint8, delivery, shorthand uint32) bool
 }
 
 // IPI sends a fixed interrupt with vector to the CPU with APIC ID dest.
+//
+// Trap context allowed.
 func (l *LAPIC) IPI(dest uint32, vector uint8) bool {
 	return l.Send(dest, vector, DeliveryFixed, ToDest)
 }
@@ -198,6 +207,8 @@ func (l *LAPIC) NMI(dest uint32) bool { return l.Send(dest, 0, DeliveryNMI, ToDe
 func (l *LAPIC) Self(vector uint8) bool { return l.Send(0, vector, DeliveryFixed, ToSelf) }
 
 // AllButSelf sends vector to every other CPU.
+//
+// Trap context allowed.
 func (l *LAPIC) AllButSelf(vector uint8) bool {
 	return l.Send(0, vector, DeliveryFixed, ToAllButSelf)
 }

@@ -6,8 +6,11 @@
 // The graph has one node per function (from a symbol table: the host reads the kernel's
 // pclntab with debug/gosym, the kernel can use trap.Table) and an edge for every direct CALL
 // rel32, and for every JMP rel32 into another function (a tail call), found by decoding each
-// function linearly with x86asm. Indirect calls are not followed: the caller adds them as
-// edges of its own (Graph.AddEdge), from a documented list.
+// function linearly with x86asm. A function value counts as a call too: an instruction that
+// takes the address of a function (a RIP-relative LEA or load of its entry, or of a funcval,
+// the word a closure or method value points at, whose first word is an entry) makes an edge,
+// since whatever receives the value may call it. Calls through tables filled elsewhere are not
+// seen: the caller adds them (Graph.AddEdge), from a documented list.
 package callgraph
 
 import (
@@ -28,19 +31,21 @@ type Func struct {
 type Graph struct {
 	Funcs  []Func // sorted by Entry
 	calls  [][]int
-	byName map[string]int
+	byName map[string][]int // ABI wrappers share their function's name
 	// Undecodable counts bytes no instruction decoded from (stepped over one at a time).
 	Undecodable int
 }
 
 // Build decodes every function in funcs from text (loaded at base) and records its direct
-// calls and tail calls. Functions outside text are kept as nodes without edges.
-func Build(text []byte, base uint64, funcs []Func) *Graph {
-	g := &Graph{Funcs: append([]Func(nil), funcs...), byName: map[string]int{}}
+// calls, tail calls and function values. read returns the 8-byte word at an address of the
+// binary's data (nil: funcvals are not followed). Functions outside text are kept as nodes
+// without edges.
+func Build(text []byte, base uint64, funcs []Func, read func(addr uint64) (uint64, bool)) *Graph {
+	g := &Graph{Funcs: append([]Func(nil), funcs...), byName: map[string][]int{}}
 	sort.Slice(g.Funcs, func(i, j int) bool { return g.Funcs[i].Entry < g.Funcs[j].Entry })
 	g.calls = make([][]int, len(g.Funcs))
 	for i, f := range g.Funcs {
-		g.byName[f.Name] = i
+		g.byName[f.Name] = append(g.byName[f.Name], i)
 		if f.Entry < base || f.End > base+uint64(len(text)) || f.End <= f.Entry {
 			continue
 		}
@@ -53,10 +58,29 @@ func Build(text []byte, base uint64, funcs []Func) *Graph {
 				off++
 				continue
 			}
-			if (in.Op == x86asm.CALL || in.Op == x86asm.JMP) && in.PCRel == 4 {
+			if in.PCRel == 4 {
 				rel := int32(binary.LittleEndian.Uint32(code[off+in.PCRelOff:]))
 				target := f.Entry + uint64(off+in.Len) + uint64(int64(rel))
-				if j := g.find(target); j >= 0 && j != i && (in.Op == x86asm.CALL || g.Funcs[j].Entry == target) && !seen[j] {
+				j := -1
+				switch {
+				case in.Op == x86asm.CALL:
+					j = g.find(target)
+				case in.Op == x86asm.JMP: // a tail call enters at the entry
+					if k := g.find(target); k >= 0 && g.Funcs[k].Entry == target {
+						j = k
+					}
+				default: // a function value: its entry, or a funcval holding it
+					if k := g.find(target); k >= 0 && g.Funcs[k].Entry == target {
+						j = k
+					} else if read != nil {
+						if v, ok := read(target); ok {
+							if k := g.find(v); k >= 0 && g.Funcs[k].Entry == v {
+								j = k
+							}
+						}
+					}
+				}
+				if j >= 0 && j != i && !seen[j] {
 					seen[j] = true
 					g.calls[i] = append(g.calls[i], j)
 				}
@@ -76,11 +100,9 @@ func (g *Graph) find(pc uint64) int {
 	return -1
 }
 
-// Lookup returns the index of the function with this name.
-func (g *Graph) Lookup(name string) (int, bool) {
-	i, ok := g.byName[name]
-	return i, ok
-}
+// Lookup returns the indices of the functions with this name (a function and its ABI
+// wrapper share one).
+func (g *Graph) Lookup(name string) []int { return g.byName[name] }
 
 // AddEdge records a call the decoder cannot see (through a function table, say).
 func (g *Graph) AddEdge(from, to int) { g.calls[from] = append(g.calls[from], to) }

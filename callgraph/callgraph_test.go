@@ -23,9 +23,9 @@ func violator(t *testing.T) *Graph {
 func roots(t *testing.T, g *Graph, names ...string) []int {
 	var out []int
 	for _, n := range names {
-		i, ok := g.Lookup(n)
-		require.True(t, ok, "no function %s", n)
-		out = append(out, i)
+		is := g.Lookup(n)
+		require.NotEmpty(t, is, "no function %s", n)
+		out = append(out, is...)
 	}
 	return out
 }
@@ -41,6 +41,14 @@ func TestCheckFindsTheFixturesAllocation(t *testing.T) {
 		paths = append(paths, x.Path)
 	}
 	assert.Contains(t, strings.Join(paths, "\n"), "main.root → main.a → main.b → runtime.makeslice")
+}
+
+// A closure handed on as a function value is followed: whatever receives it may call it.
+func TestCheckFollowsFunctionValues(t *testing.T) {
+	g := violator(t)
+	v := g.Check(roots(t, g, "main.viaValue"), nil)
+	require.NotEmpty(t, v, "the closure's allocation is reached")
+	assert.Contains(t, v[0].Path, "main.viaValue")
 }
 
 // A panic ends the run: it is terminal, not a violation. An allowed function is not entered.
@@ -61,9 +69,9 @@ func TestBuildOnHandMadeCode(t *testing.T) {
 	text[0x10] = 0xc3
 	copy(text[0x20:], []byte{0xe9, 0x00, 0, 0, 0}) // jmp 0x1025 (itself)
 	text[0x25] = 0xc3
-	g := Build(text, 0x1000, []Func{{"h", 0x1020, 0x1026}, {"f", 0x1000, 0x100b}, {"g", 0x1010, 0x1011}})
-	f, _ := g.Lookup("f")
-	h, _ := g.Lookup("h")
+	funcs := []Func{{"h", 0x1020, 0x1026}, {"f", 0x1000, 0x100b}, {"g", 0x1010, 0x1011}}
+	g := Build(text, 0x1000, funcs, nil)
+	f, h := g.Lookup("f")[0], g.Lookup("h")[0]
 	var names []string
 	for _, c := range g.Callees(f) {
 		names = append(names, g.Funcs[c].Name)

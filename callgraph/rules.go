@@ -3,6 +3,7 @@ package callgraph
 import (
 	"debug/elf"
 	"debug/gosym"
+	"encoding/binary"
 	"fmt"
 	"sort"
 	"strings"
@@ -99,5 +100,24 @@ func FromELF(path string) (*Graph, error) {
 	for _, fn := range st.Funcs {
 		funcs = append(funcs, Func{Name: fn.Name, Entry: fn.Entry, End: fn.End})
 	}
-	return Build(code, text.Addr, funcs), nil
+	// The binary's allocated sections, to read the funcvals function values point at.
+	var secs []*elf.Section
+	for _, s := range f.Sections {
+		if s.Flags&elf.SHF_ALLOC != 0 && s.Type == elf.SHT_PROGBITS {
+			secs = append(secs, s)
+		}
+	}
+	read := func(addr uint64) (uint64, bool) {
+		for _, s := range secs {
+			if addr >= s.Addr && addr+8 <= s.Addr+s.Size {
+				var b [8]byte
+				if _, err := s.ReadAt(b[:], int64(addr-s.Addr)); err != nil {
+					return 0, false
+				}
+				return binary.LittleEndian.Uint64(b[:]), true
+			}
+		}
+		return 0, false
+	}
+	return Build(code, text.Addr, funcs, read), nil
 }

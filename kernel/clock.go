@@ -64,6 +64,8 @@ func calibrateTSC() bool {
 }
 
 // nanotime is the monotonic clock in ns since calibration.
+//
+// Trap context allowed.
 func nanotime() int64 {
 	hi, lo := bits.Mul64(amd64.RDTSC()-tscBase, tscMult)
 	return int64(hi<<32 | lo>>32)

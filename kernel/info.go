@@ -36,6 +36,8 @@ func ContextSwitches() uint64 {
 }
 
 // CurrentCPU is the index of the CPU running the caller (it may move right after).
+//
+// Trap context allowed.
 func CurrentCPU() int { return thisCPU().id }
 
 // FoundCPUs is the number of enabled CPUs the ACPI MADT lists (1 without ACPI).

@@ -1,3 +1,4 @@
 package kernel
 
+// Trap context allowed.
 func invlpg(va uint64)

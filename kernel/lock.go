@@ -25,7 +25,10 @@ func (l *spinlock) lock() {
 	}
 }
 
+// Kernel context (interrupts off), or trap context for the console's seizure.
 func (l *spinlock) unlock() { atomic.StoreUint32(&l.v, 0) }
 
 // tryLock takes the lock if it is free, without waiting.
+//
+// Kernel context (interrupts off), or trap context for the console's seizure.
 func (l *spinlock) tryLock() bool { return atomic.CompareAndSwapUint32(&l.v, 0, 1) }

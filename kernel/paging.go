@@ -35,8 +35,10 @@ type pageTable struct {
 	alloc *frames
 }
 
+// Trap context allowed.
 func table(pa uint64) *[512]uint64 { return (*[512]uint64)(unsafe.Pointer(uintptr(pa & pteAddr))) }
 
+// Trap context allowed.
 func ptIndex(va uint64, level uint) uint64 { return (va >> (12 + 9*level)) & 511 }
 
 // entry returns the level-0 (4 KiB) entry for va, creating tables when create is set.

@@ -98,6 +98,8 @@ func (f *frames) alloc() (uint64, bool) {
 }
 
 // put returns a frame from alloc. It reports false for an address that is not a frame in use.
+//
+// Kernel context, klock held.
 func (f *frames) put(pa uint64) bool {
 	if pa < f.base || pa%pageSize != 0 || (pa-f.base)/pageSize >= f.n {
 		return false

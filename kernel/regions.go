@@ -13,6 +13,8 @@ const maxRegions = 4096
 type vrange struct{ start, end uint64 }
 
 // overlaps reports whether [start, end) intersects a reserved range.
+//
+// Kernel context, klock held.
 func (s *regionSet) overlaps(start, end uint64) bool {
 	for i := 0; i < s.n; i++ {
 		if s.r[i].start < end && start < s.r[i].end {

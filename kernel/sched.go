@@ -95,6 +95,7 @@ var (
 	lapicHz  uint64
 )
 
+// Kernel context, klock held.
 func enqueue(i int32) {
 	threads[i].next = -1
 	if rqTail < 0 {
@@ -107,6 +108,8 @@ func enqueue(i int32) {
 }
 
 // dequeue takes the first queued thread CPU c may run (one not pinned to another CPU).
+//
+// Kernel context, klock held.
 func (c *CPU) dequeue() int32 {
 	prev := int32(-1)
 	for i := rqHead; i >= 0; prev, i = i, threads[i].next {
@@ -128,6 +131,8 @@ func (c *CPU) dequeue() int32 {
 }
 
 // newThread takes a free Thread slot and gives it a TID; -1 when none is left.
+//
+// Kernel context, klock held.
 func newThread() int32 {
 	for i := int32(0); i < MaxThreads; i++ {
 		t := &threads[i]
@@ -173,6 +178,7 @@ func wakeExpired(now int64) {
 	}
 }
 
+// Kernel context, klock held.
 func earliestDeadline() int64 {
 	var d int64
 	for i := int32(0); i < nthreads; i++ {
@@ -291,7 +297,9 @@ func (c *CPU) yield(f *Frame) {
 // timerInterrupt wakes sleepers and preempts a thread whose slice is over. A timer taken
 // inside a trap handler (through a trap gate) finds kernel code under it, not the thread, and
 // never switches.
-// Trap context (interrupts off).
+//
+// Trap context (an interrupt gate: IF=0, never nested in itself); it takes klock, which is why
+// vectors 32-255 must stay interrupt gates (idt.Config.Check).
 func (c *CPU) timerInterrupt(f *Frame) {
 	lapic.EOI()
 	klock.lock()

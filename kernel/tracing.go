@@ -53,6 +53,8 @@ func HypervisorName() amd64.Hypervisor { return hypervisor }
 // FireTimerIn arms this CPU's timer to interrupt in about ns nanoseconds; the timer
 // interrupt re-arms it for the scheduler as usual. Call with interrupts off, or from trap
 // context, so that the CPU is known.
+//
+// Trap context allowed (or kernel code with interrupts off).
 func FireTimerIn(ns int64) { timerIn(ns) }
 
 // KernelText is the kernel's text: mapped for good, and never written.

@@ -18,6 +18,8 @@ import (
 // would wrap past 2^64 (checked by userRange before a multi-byte copy).
 
 // userRange reports whether [p, p+n) does not wrap.
+//
+// Trap context allowed.
 func userRange(p, n uint64) bool { return p+n >= p }
 
 // putU8 writes one byte of user memory.
@@ -122,6 +124,8 @@ func putTimespec(p uint64, ns int64) bool {
 
 // efault is the system call result for a bad pointer: -EFAULT, or, when some bytes were
 // already transferred, their count (as Linux's write does).
+//
+// Trap context allowed.
 func efault(done uint64) int64 {
 	if done > 0 {
 		return int64(done)

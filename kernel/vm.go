@@ -36,6 +36,7 @@ var (
 	vmCommitted uint64 // pages mapped for the runtime
 )
 
+// Trap context allowed.
 func pageFlags(prot uint64) uint64 {
 	fl := uint64(pteWrite)
 	if prot&protExec == 0 {
@@ -44,6 +45,7 @@ func pageFlags(prot uint64) uint64 {
 	return fl
 }
 
+// Trap context allowed.
 func zeroPage(pa uint64) { clear(table(pa)[:]) }
 
 // walkMapped calls fn for every mapped 4 KiB page in [start, end), skipping absent tables in
@@ -165,6 +167,8 @@ func sysMmap(addr, length, prot, flags uint64) int64 {
 
 // inUserSpace reports whether [addr, addr+length), rounded up to pages, lies in the runtime's
 // part of the address space, without letting addr+length wrap.
+//
+// Trap context allowed.
 func inUserSpace(addr, length uint64) bool {
 	return addr >= identityTop && addr <= userTop && length <= userTop-addr &&
 		(addr+length+pageSize-1)&^(pageSize-1) <= userTop

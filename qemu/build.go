@@ -17,12 +17,17 @@ const LinkFlags = "-T 0x101000 -E tracebed/kernel.pvhEntry"
 
 // BuildKernel builds ./cmd/kernel of the module at root into out with the stock toolchain, as
 // a static linux/amd64 ELF, and adds the PVH note.
-func BuildKernel(root, out string) error {
+func BuildKernel(root, out string) error { return BuildKernelWith(root, out) }
+
+// BuildKernelWith is BuildKernel with extra go build flags (a test builds with
+// -gcflags=tracebed/...=-l, say, so that no function of the module is inlined away).
+func BuildKernelWith(root, out string, flags ...string) error {
 	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		return fmt.Errorf("build kernel: %w", err)
 	}
 	tmp := out + ".tmp"
-	cmd := exec.Command("go", "build", "-ldflags", LinkFlags, "-o", tmp, "./cmd/kernel")
+	args := append([]string{"build", "-ldflags", LinkFlags, "-o", tmp}, flags...)
+	cmd := exec.Command("go", append(args, "./cmd/kernel")...)
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
 	if b, err := cmd.CombinedOutput(); err != nil {

@@ -31,6 +31,8 @@ type Fault struct {
 }
 
 // Failed reports whether the load faulted.
+//
+// Trap context allowed.
 func (f Fault) Failed() bool { return f.Vector != 0 }
 
 func (f Fault) Error() string {

@@ -133,6 +133,7 @@ func (t *Table) pcvalue(off, entry, target uint64) (int32, bool) {
 	}
 }
 
+// Trap context allowed.
 func uvarint(p []byte) (uint32, int) {
 	var v uint32
 	for i := 0; i < len(p) && i < 5; i++ {
@@ -145,6 +146,8 @@ func uvarint(p []byte) (uint32, int) {
 }
 
 // cstring is the NUL-terminated string at b[off:], as a view of b.
+//
+// Trap context allowed.
 func cstring(b []byte, off uint64) string {
 	if off >= uint64(len(b)) {
 		return "?"

@@ -144,6 +144,8 @@ func ResetMaxDepth(cpu int) {
 func Count(cpu int, v int) uint64 { return atomic.LoadUint64(&percpu[cpu].counts[v]) }
 
 // NestedCount is how often vector v was entered on cpu while another trap was being handled.
+//
+// Trap context allowed.
 func NestedCount(cpu int, v int) uint64 { return atomic.LoadUint64(&percpu[cpu].nestedBy[v]) }
 
 // Depth is the number of traps cpu is handling now. Trap context.

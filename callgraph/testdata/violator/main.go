@@ -1,6 +1,7 @@
 // Command violator is the call-graph check's fixture: root reaches an allocation two calls
 // down, clean reaches only a panic (terminal: it ends the run), guarded reaches an allocation
-// only through an allowed function. Built by callgraph's tests; never run.
+// only through an allowed function, viaValue only through a closure passed as a value. Built
+// by callgraph's tests; never run.
 package main
 
 import "os"
@@ -31,4 +32,14 @@ func guarded(n int) int { return bootOnly(n) }
 //go:noinline
 func bootOnly(n int) int { return len(make([]int, n)) }
 
-func main() { println(root(len(os.Args)), clean(len(os.Args)), guarded(len(os.Args))) }
+//go:noinline
+func each(n int, fn func(int) int) int { return fn(n) }
+
+// viaValue reaches an allocation only through a closure it passes to each.
+//
+//go:noinline
+func viaValue(n int) int { return each(n, func(k int) int { return len(make([]byte, k)) }) }
+
+func main() {
+	println(root(len(os.Args)), clean(len(os.Args)), guarded(len(os.Args)), viaValue(len(os.Args)))
+}
