@@ -193,10 +193,10 @@ func TestSMPSuiteInQEMU(t *testing.T) {
 			}
 			// The mechanisms, not tautologies. With 2+ CPUs the job spread over them runs
 			// faster than on one (1.6-1.7x measured under TCG on 2 host cores; work kept on
-			// one CPU gives 1.0). A cross-CPU futex wake arrives by IPI in tens of µs (33-82
+			// one CPU gives 1.0; 1.2 leaves room for a loaded host). A cross-CPU futex wake arrives by IPI in tens of µs (33-82
 			// µs measured); one that waited for the target's timer would take a 10 ms slice.
 			if tc.cpus > 1 {
-				assert.GreaterOrEqual(t, diagFloat(t, s.Find("parallel_speedup"), "speedup"), 1.3)
+				assert.GreaterOrEqual(t, diagFloat(t, s.Find("parallel_speedup"), "speedup"), 1.2)
 			}
 			fw := s.Find("futex_wake_cross_cpu")
 			assert.Less(t, diagFloat(t, fw, "wake_us_p50"), 2000.0, "wakes wait for a timer tick, not an IPI")
