@@ -160,6 +160,20 @@ func initMemory() {
 	pmem.reserve(img, uint64(kernelEnd())-img)
 	kpt = pageTable{root: amd64.ReadCR3() & pteAddr, alloc: &pmem}
 	vmRegion.add(0, identityTop)
+	unmapNullPage()
+}
+
+// unmapNullPage leaves page 0 unmapped, so that a nil pointer dereference faults (a fatal trap
+// with CR2 near 0) instead of reading the firmware's data there, and a NULL system-call pointer
+// gets EFAULT. The boot tables map it inside a 2 MiB page, which is split first. Boot.
+func unmapNullPage() {
+	if r := kpt.splitHuge(0); r != ptOK {
+		var k kbuf
+		k.s("tracebed: fatal: cannot split the first 2 MiB page (").dec(int64(r)).s(")").out()
+		debugExit(ktest.ExitFatal)
+	}
+	kpt.unmapPage(0)
+	invlpg(0)
 }
 
 // startRuntime builds the initial process stack the Linux ABI promises (argc, argv, envp,

@@ -171,3 +171,32 @@ func TestRegionSetFull(t *testing.T) {
 	assert.False(t, s.remove(pageSize/2, pageSize/2+1), "a split with a full table fails")
 	assert.True(t, s.add(pageSize, 2*pageSize), "a merge needs no new slot")
 }
+
+// splitHuge keeps every translation of the 2 MiB page and lets one 4 KiB page go.
+func TestSplitHugePage(t *testing.T) {
+	_, f := arena(t, 8)
+	root, _ := f.alloc()
+	clear(table(root)[:])
+	pt := pageTable{root: root, alloc: f}
+	pdpt, _ := f.alloc()
+	pd, _ := f.alloc()
+	clear(table(pdpt)[:])
+	clear(table(pd)[:])
+	table(root)[0] = pdpt | ptePresent | pteWrite
+	table(pdpt)[0] = pd | ptePresent | pteWrite
+	table(pd)[0] = 0 | ptePresent | pteWrite | pteHuge
+	require.Equal(t, ptOK, pt.splitHuge(0x1234))
+	for _, va := range []uint64{0, 0x1234, 0x1f_f000, 0x1f_ffff} {
+		pa, fl, ok := pt.lookup(va)
+		require.True(t, ok, "%#x", va)
+		assert.Equal(t, va, pa, "%#x: the same frame", va)
+		assert.Equal(t, uint64(ptePresent|pteWrite), fl&(ptePresent|pteWrite|pteHuge), "%#x", va)
+	}
+	_, ok := pt.unmapPage(0)
+	require.True(t, ok)
+	_, _, ok = pt.lookup(0x10)
+	assert.False(t, ok, "page 0 unmapped")
+	_, _, ok = pt.lookup(0x1000)
+	assert.True(t, ok, "page 1 still mapped")
+	assert.Equal(t, ptOK, pt.splitHuge(0x4000_0000), "nothing mapped there: nothing to split")
+}

@@ -117,3 +117,43 @@ func (pt *pageTable) lookup(va uint64) (pa, flags uint64, ok bool) {
 		t = table(e)
 	}
 }
+
+// splitHuge replaces the 2 MiB page mapping va (if any) with a table of 512 4 KiB pages that
+// map the same frames with the same flags, so that one of them can be changed alone. The
+// caller flushes the TLB for the range.
+//
+// Kernel context, klock held (or boot, before any other CPU runs).
+func (pt *pageTable) splitHuge(va uint64) int {
+	if !amd64.Canonical(va) {
+		return ptNonCanonical
+	}
+	t := table(pt.root)
+	for level := uint(3); level > 1; level-- {
+		e := t[ptIndex(va, level)]
+		if e&ptePresent == 0 {
+			return ptOK // nothing mapped: nothing to split
+		}
+		if e&pteHuge != 0 {
+			return ptHugeInTheWay // a 1 GiB page: not split here
+		}
+		t = table(e)
+	}
+	pde := &t[ptIndex(va, 1)]
+	if *pde&ptePresent == 0 || *pde&pteHuge == 0 {
+		return ptOK
+	}
+	pa, ok := pt.alloc.alloc()
+	if !ok {
+		return ptNoMemory
+	}
+	// A PDE's PAT bit is bit 12 and a PTE's bit 7 (SDM Vol. 3A, Tables 4-18, 4-19): the boot
+	// tables set neither, so the low flags carry over unchanged but for PS.
+	flags := *pde &^ (pteAddr | pteHuge)
+	base := *pde & pteAddr &^ (1<<21 - 1)
+	pt4 := table(pa)
+	for i := range pt4 {
+		pt4[i] = base + uint64(i)*pageSize | flags
+	}
+	*pde = pa | ptePresent | pteWrite
+	return ptOK
+}

@@ -227,11 +227,10 @@ func (c *CPU) syscall(f *Frame) {
 			r = -errEFAULT
 		}
 	case nrRtSigprocmask: // (how, set, oldset, sigsetsize): signals are not delivered here
-		_, setOK := getU64(a1)
 		switch {
 		case a3 != sigsetSize:
 			r = -errEINVAL
-		case a1 != 0 && !setOK:
+		case a1 != 0 && !readable(a1):
 			r = -errEFAULT
 		case a1 != 0 && a0 > sigSetmask:
 			r = -errEINVAL

@@ -12,9 +12,9 @@ import (
 //
 // Kernel context: called from system-call handlers (klock held, or for the console, not).
 
-// The runtime's own image (its globals) and its initial stack live in the identity map below
-// 4 GiB, beside the kernel's, so no address range separates the runtime's memory from the
-// kernel's: a pointer is bad when it is unmapped or non-canonical, or when the range it starts
+// The runtime's own image (its globals) lives in the identity map below 4 GiB, beside the
+// kernel's, so no address range separates the runtime's memory from the kernel's: a pointer is
+// bad when it is unmapped (page 0 among them) or non-canonical, or when the range it starts
 // would wrap past 2^64 (checked by userRange before a multi-byte copy).
 
 // userRange reports whether [p, p+n) does not wrap.
@@ -33,6 +33,16 @@ func putU8(p uint64, v uint8) bool { return !trap.SafeStore8(uintptr(p), v).Fail
 func getU64(p uint64) (uint64, bool) {
 	v, f := trap.SafeLoad64(uintptr(p))
 	return v, !f.Failed()
+}
+
+// readable reports whether the 8 bytes at p can be read. (Called only for pointers a system
+// call was given: the runtime's first calls, before package trap's init has found its
+// exception table, must not probe NULL.)
+//
+// Trap context allowed.
+func readable(p uint64) bool {
+	_, ok := getU64(p)
+	return ok
 }
 
 // getU32 reads 4 bytes of user memory (one access: atomic when aligned, as futex needs).

@@ -74,8 +74,9 @@ func TestRuntimeSuiteInQEMU(t *testing.T) {
 	}
 	assert.Equal(t, 10000.0, diagFloat(t, rt.Find("goroutines_10000"), "spawned"))
 	assert.GreaterOrEqual(t, diagFloat(t, rt.Find("preempt_spinning_thread"), "wakeups_while_all_spinning"), 3.0)
-	assert.Equal(t, 28.0, diagFloat(t, rt.Find("efault_bad_user_pointers"), "bad_pointer_calls"), "9 calls for each of 3 bad pointers, 1 wrapping write")
-	assert.Equal(t, 28.0, diagFloat(t, rt.Find("efault_bad_user_pointers"), "efault_returns"))
+	assert.Equal(t, 34.0, diagFloat(t, rt.Find("efault_bad_user_pointers"), "bad_pointer_calls"),
+		"9 calls for each of 3 bad pointers, 6 for NULL, 1 wrapping write")
+	assert.Equal(t, 34.0, diagFloat(t, rt.Find("efault_bad_user_pointers"), "efault_returns"))
 	assert.Equal(t, 24.0, diagFloat(t, rt.Find("efault_bad_user_pointers"), "partial_write_bytes"),
 		"write(2) stops at the end of the mapping")
 	gc := rt.Find("gc_stress")
@@ -119,6 +120,15 @@ func TestFaultIsDetected(t *testing.T) {
 	require.Len(t, fields, 3)
 	assert.Contains(t, tail, "tracebed: fatal frame 0 "+fields[0]+" "+fields[1]+" "+fields[2],
 		"kernel and host agree on the faulting frame")
+}
+
+// A nil dereference faults (page 0 is unmapped) and is reported as a fatal #PF at CR2 0.
+func TestNilDereferenceIsReported(t *testing.T) {
+	rep := boot(t, qemu.Config{Append: "suite=fault_nil", Timeout: 2 * time.Minute})
+	require.Equal(t, qemu.Fatal, rep.Outcome, "tail:\n%s", strings.Join(rep.Tail, "\n"))
+	tail := strings.Join(rep.Tail, "\n")
+	assert.Contains(t, tail, "vector 14 #PF page fault")
+	assert.Contains(t, tail, "CR2 0x0 ")
 }
 
 // A fault while this CPU holds the console lock is still reported as a fatal trap: the report
@@ -191,13 +201,16 @@ func TestSMPSuiteInQEMU(t *testing.T) {
 					assert.NotEqual(t, "0", n, "%s: cpu %d", k[1], i)
 				}
 			}
-			// The mechanisms, not tautologies. With 2+ CPUs the job spread over them runs
-			// faster than on one (1.6-1.7x measured under TCG on 2 host cores; work kept on
-			// one CPU gives 1.0; 1.2 leaves room for a loaded host). A cross-CPU futex wake arrives by IPI in tens of µs (33-82
-			// µs measured); one that waited for the target's timer would take a 10 ms slice.
-			if tc.cpus > 1 {
+			// The mechanisms, not tautologies. With 2 CPUs (no more vCPUs than this machine's 2
+			// host cores) the job spread over them runs faster than on one: 1.69x measured,
+			// 1.0 when the work stays on one CPU. At 4 and 8 the vCPUs outnumber the host
+			// cores and one run's ratio swings (0.56 to 1.67 seen at 8), so it is reported, not
+			// asserted; work landing on every CPU is checked above by the per-CPU counts.
+			if tc.cpus == 2 {
 				assert.GreaterOrEqual(t, diagFloat(t, s.Find("parallel_speedup"), "speedup"), 1.2)
 			}
+			// A cross-CPU futex wake arrives by IPI in tens of µs (33-82 µs measured); one that
+			// waited for the target's timer would take a 10 ms slice.
 			fw := s.Find("futex_wake_cross_cpu")
 			assert.Less(t, diagFloat(t, fw, "wake_us_p50"), 2000.0, "wakes wait for a timer tick, not an IPI")
 			if tc.cpus > 1 {

@@ -9,9 +9,9 @@ import (
 	"tracebed/kernel/ktest"
 )
 
-// Hang, Fault and FaultConsole fail on purpose, in the ways a kernel under test goes wrong: it
-// stops making progress, or it takes an exception it cannot handle (also while holding the
-// console's lock). The host's tests select them and pass only when the host reports exactly
+// Hang, Fault, FaultNil and FaultConsole fail on purpose, in the ways a kernel under test goes
+// wrong: it stops making progress, or it takes an exception it cannot handle (a nil
+// dereference among them, and one while holding the console's lock). The host's tests select them and pass only when the host reports exactly
 // that. None runs by default.
 
 // Hang stops the CPU for good: interrupts off and a spin, as a stuck CPU does.
@@ -45,4 +45,17 @@ var FaultConsole = ktest.Suite{Name: "fault_console", Cases: []ktest.Case{{"faul
 	time.Sleep(10 * time.Millisecond) // let the line reach the console
 	kernel.FaultInConsoleWrite(unmapped)
 	t.Errorf("load from an unmapped address returned")
+}}}}
+
+// nilTarget is a nil pointer the compiler cannot see through.
+var nilTarget *uint64
+
+// FaultNil dereferences a nil pointer: page 0 is unmapped, so it is a #PF with CR2 0 that the
+// kernel reports as fatal (no signal turns it into a Go panic here), never a read of whatever
+// the firmware left at address 0.
+var FaultNil = ktest.Suite{Name: "fault_nil", Cases: []ktest.Case{{"nil_dereference", func(t *ktest.T) {
+	t.Logf("faulting on purpose: nil dereference")
+	time.Sleep(10 * time.Millisecond) // let the line reach the console
+	t.Diag("value", *nilTarget)
+	t.Errorf("a nil dereference returned")
 }}}}
