@@ -55,22 +55,31 @@ type Violation struct {
 	Func, Path string
 }
 
-// Check walks the graph from roots, not entering Terminal functions, nor those allowed (boot
-// code reachable only on paths that are documented safe: the caller lists them), and returns
-// every Forbidden function it reaches, each with one path to it, sorted.
-func (g *Graph) Check(roots []int, allowed []string) []Violation {
-	stop := func(name string) bool {
+// Reach walks the graph from roots as the rules do: it does not enter Terminal or Forbidden
+// functions, nor those allowed (boot code reachable only on paths that are documented safe:
+// the caller lists them). It returns each reached function's parent, as Walk does.
+func (g *Graph) Reach(roots []int, allowed []string) map[int]int {
+	return g.Walk(roots, func(name string) bool {
 		return Match(name, Terminal) || Match(name, Forbidden) || Match(name, allowed)
-	}
-	parent := g.Walk(roots, stop)
+	})
+}
+
+// Violations returns every Forbidden function among those reached, each with one path to it,
+// sorted.
+func (g *Graph) Violations(reached map[int]int) []Violation {
 	var out []Violation
-	for f := range parent {
+	for f := range reached {
 		if name := g.Funcs[f].Name; Match(name, Forbidden) {
-			out = append(out, Violation{Func: name, Path: g.Path(parent, f)})
+			out = append(out, Violation{Func: name, Path: g.Path(reached, f)})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
 	return out
+}
+
+// Check is Violations of Reach.
+func (g *Graph) Check(roots []int, allowed []string) []Violation {
+	return g.Violations(g.Reach(roots, allowed))
 }
 
 // FromELF builds the graph of a Go ELF binary, its functions named from its pclntab.

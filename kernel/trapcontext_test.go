@@ -16,21 +16,28 @@ import (
 	"tracebed/qemu"
 )
 
-// registeredHandlers finds every trap.Register(vector, handler) in the module's Go source
-// (tests excluded) and returns the handlers' pclntab names ("tracebed/pkg.func").
-func registeredHandlers(t *testing.T, root string) []string {
-	var out []string
+// moduleSource parses every Go file of the module's code under root once, with comments, and
+// returns the trap.Register handlers and the functions' doc comments, both by pclntab name
+// ("tracebed/pkg.Func", "tracebed/pkg.(*T).M", "tracebed/pkg.T.M"). A handler that is not a
+// named function is an error: the check could not find it.
+func moduleSource(t *testing.T, root string) (handlers []string, docs map[string]string) {
+	docs = map[string]string{}
 	fset := token.NewFileSet()
 	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 		if err != nil || !isSource(path, d) {
 			return err
 		}
-		f, err := parser.ParseFile(fset, path, nil, 0)
+		f, err := parser.ParseFile(fset, path, nil, parser.ParseComments)
 		if err != nil {
 			return err
 		}
 		rel, _ := filepath.Rel(root, filepath.Dir(path))
 		pkg := "tracebed/" + filepath.ToSlash(rel)
+		for _, decl := range f.Decls {
+			if fd, ok := decl.(*ast.FuncDecl); ok {
+				docs[pkg+"."+funcName(fd)] = fd.Doc.Text()
+			}
+		}
 		ast.Inspect(f, func(n ast.Node) bool {
 			call, ok := n.(*ast.CallExpr)
 			if !ok || len(call.Args) != 2 {
@@ -40,10 +47,9 @@ func registeredHandlers(t *testing.T, root string) []string {
 			if !ok || sel.Sel.Name != "Register" || !isIdent(sel.X, "trap") {
 				return true
 			}
-			switch h := call.Args[1].(type) {
-			case *ast.Ident:
-				out = append(out, pkg+"."+h.Name)
-			default:
+			if h, ok := call.Args[1].(*ast.Ident); ok {
+				handlers = append(handlers, pkg+"."+h.Name)
+			} else {
 				t.Errorf("%s: trap.Register with a handler that is not a named function; name it so the check can find it",
 					fset.Position(call.Pos()))
 			}
@@ -52,7 +58,21 @@ func registeredHandlers(t *testing.T, root string) []string {
 		return nil
 	})
 	require.NoError(t, err)
-	return out
+	return handlers, docs
+}
+
+// funcName is a declaration's name as pclntab spells it within its package.
+func funcName(fd *ast.FuncDecl) string {
+	if fd.Recv == nil {
+		return fd.Name.Name
+	}
+	switch r := fd.Recv.List[0].Type.(type) {
+	case *ast.StarExpr:
+		return "(*" + r.X.(*ast.Ident).Name + ")." + fd.Name.Name
+	case *ast.Ident:
+		return r.Name + "." + fd.Name.Name
+	}
+	return fd.Name.Name
 }
 
 // isSource reports a Go file of the module's code: not a test, not a fixture.
@@ -64,42 +84,6 @@ func isSource(path string, d fs.DirEntry) bool {
 func isIdent(e ast.Expr, name string) bool {
 	id, ok := e.(*ast.Ident)
 	return ok && id.Name == name
-}
-
-// funcDocs returns the doc comment of every function declared in the module's Go source, by
-// its pclntab name ("tracebed/pkg.Func", "tracebed/pkg.(*T).M", "tracebed/pkg.T.M").
-func funcDocs(t *testing.T, root string) map[string]string {
-	docs := map[string]string{}
-	fset := token.NewFileSet()
-	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || !isSource(path, d) {
-			return err
-		}
-		f, err := parser.ParseFile(fset, path, nil, parser.ParseComments)
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, filepath.Dir(path))
-		for _, decl := range f.Decls {
-			fd, ok := decl.(*ast.FuncDecl)
-			if !ok {
-				continue
-			}
-			name := fd.Name.Name
-			if fd.Recv != nil {
-				switch r := fd.Recv.List[0].Type.(type) {
-				case *ast.StarExpr:
-					name = "(*" + r.X.(*ast.Ident).Name + ")." + name
-				case *ast.Ident:
-					name = r.Name + "." + name
-				}
-			}
-			docs["tracebed/"+filepath.ToSlash(rel)+"."+name] = fd.Doc.Text()
-		}
-		return nil
-	})
-	require.NoError(t, err)
-	return docs
 }
 
 // bootOnly lists functions reachable from a trap entry that run only on paths where the rules
@@ -126,7 +110,7 @@ func TestTrapContextRules(t *testing.T) {
 	require.NotEmpty(t, roots)
 	dispatch := g.Lookup("tracebed/trap.Dispatch")
 	require.NotEmpty(t, dispatch)
-	handlers := registeredHandlers(t, "..")
+	handlers, docs := moduleSource(t, "..")
 	require.NotEmpty(t, handlers)
 	for _, h := range handlers {
 		is := g.Lookup(h)
@@ -137,12 +121,10 @@ func TestTrapContextRules(t *testing.T) {
 			}
 		}
 	}
-	reached := g.Walk(roots, func(n string) bool {
-		return callgraph.Match(n, callgraph.Terminal) || callgraph.Match(n, callgraph.Forbidden)
-	})
+	reached := g.Reach(roots, bootOnly)
 	t.Logf("%d functions reachable from kernelEntry and %d registered handlers; %d undecodable bytes in the text",
 		len(reached), len(handlers), g.Undecodable)
-	for _, v := range g.Check(roots, bootOnly) {
+	for _, v := range g.Violations(reached) {
 		t.Errorf("trap context reaches %s: %s", v.Func, v.Path)
 	}
 
@@ -150,7 +132,6 @@ func TestTrapContextRules(t *testing.T) {
 	// which context it runs in — "Trap context" (any vector, nested, IF as the gate left it;
 	// "Trap context allowed" for helpers safe there) or "Kernel context" (the system-call path
 	// and what klock serialises: IF=0, not nested in itself; ", klock held" where it is).
-	docs := funcDocs(t, "..")
 	var unlabelled []string
 	for f := range reached {
 		name := g.Funcs[f].Name
