@@ -360,14 +360,15 @@ func plan(t *testing.T, ins []insn) (boost, step []xcase, tb, ts *tally, unique 
 		}
 		dec, _ := decode(in.b)
 		why := unsafeInUserMode(&dec)
+		shape := form(&dec, in.b)
+		var flags uint32
+		if writesStack(dec.Op) {
+			flags = modeStackBottom
+		}
 		for di, d := range distances {
 			from := home + in.addr%4096 + uint64(di)*0x10000
 			to := from + uint64(d.d)
-			var flags uint32
-			if writesStack(dec.Op) {
-				flags = modeStackBottom
-			}
-			base := xcase{from: from, to: to, orig: in.b, form: form(&dec, in.b),
+			base := xcase{from: from, to: to, orig: in.b, form: shape,
 				desc: fmt.Sprintf("%s % x at %#x → %s", x86asm.GNUSyntax(dec, in.addr, nil), in.b, in.addr, d.name)}
 			a, aerr := analyze(in.b, from)
 			if aerr == nil {
@@ -380,46 +381,40 @@ func plan(t *testing.T, ins []insn) (boost, step []xcase, tb, ts *tally, unique 
 					base.branch = a.target
 				}
 			}
-			cp, err := Relocate(in.b, from, to)
-			if countRefusal(t, tb, err) {
-				tb.planned++
-				if why != "" {
-					tb.unsafe[why]++
-				} else {
-					c := base
-					c.mode, c.code, c.body, c.faults = modeBoost|flags, cp.Code, cp.Body, cp.Faults
-					c.seed = uint64(len(boost))
-					boost = append(boost, c)
-				}
+			if cp, err := Relocate(in.b, from, to); tb.admit(t, err, why) {
+				c := base
+				c.mode, c.code, c.body, c.faults = modeBoost|flags, cp.Code, cp.Body, cp.Faults
+				c.seed = uint64(len(boost))
+				boost = append(boost, c)
 			}
-			st, err := PlanStep(in.b, from, to)
-			if countRefusal(t, ts, err) {
-				ts.planned++
-				if why != "" {
-					ts.unsafe[why]++
-				} else {
-					c := base
-					c.mode, c.code, c.step = modeStep|flags, st.Code, st
-					c.faults = []Fault{{Off: 0, Saved: -1}} // the stepped instruction itself
-					c.seed = uint64(len(step))
-					step = append(step, c)
-				}
+			if st, err := PlanStep(in.b, from, to); ts.admit(t, err, why) {
+				c := base
+				c.mode, c.code, c.step = modeStep|flags, st.Code, st
+				c.faults = []Fault{{Off: 0, Saved: -1}} // the stepped instruction itself
+				c.seed = uint64(len(step))
+				step = append(step, c)
 			}
 		}
 	}
 	return boost, step, tb, ts, len(seen)
 }
 
-// countRefusal counts a refusal by reason and says whether there was none.
-func countRefusal(t *testing.T, tl *tally, err error) bool {
-	if err == nil {
-		return true
+// admit counts one planned relocation or step: its refusal by reason, or, when the host must not
+// run the instruction, that reason; it says whether to run it.
+func (tl *tally) admit(t *testing.T, err error, unsafe string) bool {
+	if err != nil {
+		var r *Refusal
+		require.True(t, errors.As(err, &r), "%v", err)
+		require.ErrorIs(t, err, ErrNotRelocatable)
+		tl.refused[string(r.Reason)]++
+		return false
 	}
-	var r *Refusal
-	require.True(t, errors.As(err, &r), "%v", err)
-	require.ErrorIs(t, err, ErrNotRelocatable)
-	tl.refused[string(r.Reason)]++
-	return false
+	tl.planned++
+	if unsafe != "" {
+		tl.unsafe[unsafe]++
+		return false
+	}
+	return true
 }
 
 func (tl *tally) verdicts(cases []xcase, lines []string) {

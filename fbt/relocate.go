@@ -44,8 +44,7 @@ func Relocate(insn []byte, from, to uint64) (*Copy, error) {
 		e.fault(-1, 0) // a non-canonical target: #GP on the jump, as on the original's
 		e.jmp(a.target)
 	case kCondRel:
-		e.cond(a)
-		if !sameOp(e.b, a.in.Op) {
+		if !e.cond(a) {
 			return nil, refuse(Undecodable, &a.in, from)
 		}
 	case kCallRel:
@@ -167,29 +166,38 @@ func jmpLen(pc, target uint64) int {
 //	<same condition> rel8 → T
 //	jmp fall-through
 //	T: jmp target
-func (e *emitter) cond(a *analysis) {
-	op := shortCond(a)
+//
+// It returns false when the short form is not the same branch (see shortCond).
+func (e *emitter) cond(a *analysis) bool {
+	op, ok := shortCond(a)
+	if !ok {
+		return false
+	}
 	fall := jmpLen(e.pc()+uint64(len(op))+1, a.next)
 	e.raw(op)
 	e.raw([]byte{byte(fall)})
 	e.jmp(a.next)
 	e.fault(-1, 0) // a non-canonical target: #GP on the jump, as on the taken original
 	e.jmp(a.target)
+	return true
 }
 
 // shortCond returns the opcode bytes of a's condition in its rel8 form, to be followed by the
-// 8-bit displacement.
-func shortCond(a *analysis) []byte {
+// 8-bit displacement, and whether they decode as the same branch (not merely as something).
+func shortCond(a *analysis) ([]byte, bool) {
 	c := a.raw[a.op:] // past legacy prefixes and REX (ignored on these branches)
+	var op []byte
 	switch {
 	case c[0] == 0x0f && c[1]&0xf0 == 0x80: // jcc rel32 → jcc rel8
-		return []byte{0x70 | c[1]&0x0f}
+		op = []byte{0x70 | c[1]&0x0f}
 	case c[0]&0xf0 == 0x70:
-		return []byte{c[0]}
+		op = []byte{c[0]}
 	case a.in.AddrSize == 32: // jecxz, loopl: keep the address-size prefix
-		return []byte{0x67, c[0]}
+		op = []byte{0x67, c[0]}
+	default:
+		op = []byte{c[0]} // jrcxz, loop*: rel8 only
 	}
-	return []byte{c[0]} // jrcxz, loop*: rel8 only
+	return op, sameOp(append(op[:len(op):len(op)], 0), a.in.Op)
 }
 
 // sameOp reports whether code starts with an instruction of operation op: the rewritten form
@@ -314,9 +322,6 @@ func (e *emitter) ripMem(a *analysis) error {
 	if !ok {
 		return refuse(NoScratch, in, a.from)
 	}
-	if !sameOp(b, in.Op) {
-		return refuse(Undecodable, in, a.from)
-	}
 	e.pushReg(r)
 	e.movabs(r, a.target)
 	e.work(r, 8)
@@ -393,6 +398,9 @@ func withScratch(a *analysis, used uint32, highByte bool) ([]byte, int, bool) {
 		}
 		b[modrm] = 0x80 | b[modrm]&0x38 | byte(r&7)
 		binary.LittleEndian.PutUint32(b[disp:], 0)
+		if !sameOp(b, a.in.Op) {
+			continue // the rewrite must still be the same instruction, not just decode
+		}
 		return b, r, true
 	}
 	return nil, 0, false

@@ -65,10 +65,11 @@ func PlanStep(insn []byte, from, to uint64) (*Step, error) {
 	case kJmpRel:
 		s.Code, s.Taken, s.Branch = []byte{0xeb, 1}, a.target, true // jmp .+1: straight to the marker
 	case kCondRel:
-		s.Code, s.Taken, s.Branch = append(shortCond(a), 1), a.target, true
-		if !sameOp(s.Code, a.in.Op) {
+		op, ok := shortCond(a)
+		if !ok {
 			return nil, refuse(Undecodable, &a.in, from)
 		}
+		s.Code, s.Taken, s.Branch = append(op, 1), a.target, true
 	case kCallRel:
 		s.Code, s.Taken, s.Branch, s.Call = []byte{0xe8, 1, 0, 0, 0}, a.target, true, true
 	case kCallInd, kRIPMem:
