@@ -174,12 +174,11 @@ func epollCtl(epfd int64, op uint64, fd int64, ev uint64) int64 {
 		case epollCtlAdd:
 			return -errEEXIST
 		case epollCtlMod:
-			events, ok1 := getU32(ev)
-			data, ok2 := getU64(ev + 4)
-			if !ok1 || !ok2 {
+			nw, ok := getEpollEvent(ev)
+			if !ok {
 				return -errEFAULT
 			}
-			w.events, w.data = events, data
+			w.events, w.data = nw.events, nw.data
 			return 0
 		case epollCtlDel:
 			ep.watches[i] = ep.watches[ep.nwatch-1]
@@ -193,14 +192,23 @@ func epollCtl(epfd int64, op uint64, fd int64, ev uint64) int64 {
 	if ep.nwatch == maxWatches {
 		return -errENOMEM
 	}
-	events, ok1 := getU32(ev)
-	data, ok2 := getU64(ev + 4)
-	if !ok1 || !ok2 {
+	nw, ok := getEpollEvent(ev)
+	if !ok {
 		return -errEFAULT
 	}
-	ep.watches[ep.nwatch] = watch{fd: int32(fd), events: events, data: data}
+	nw.fd = int32(fd)
+	ep.watches[ep.nwatch] = nw
 	ep.nwatch++
 	return 0
+}
+
+// getEpollEvent reads a struct epoll_event (packed: u32 events, u64 data) from user memory.
+//
+// Trap context allowed.
+func getEpollEvent(ev uint64) (watch, bool) {
+	events, ok1 := getU32(ev)
+	data, ok2 := getU64(ev + 4)
+	return watch{events: events, data: data}, ok1 && ok2
 }
 
 // epollReady writes up to max ready events of epfd to buf and returns how many (-EFAULT when

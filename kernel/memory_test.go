@@ -99,19 +99,25 @@ func TestPageTableMapsAnyCanonicalAddress(t *testing.T) {
 	assert.False(t, ok)
 }
 
-func TestPageTableHugePagesAndExhaustion(t *testing.T) {
+// hugePageTable builds, in an 8-page arena, tables with one 2 MiB page at PML4[0]/PDPT[0]/PD[i]
+// mapping pa, as the boot tables map the low 4 GiB.
+func hugePageTable(t *testing.T, i int, pa uint64) pageTable {
 	_, f := arena(t, 8)
 	root, _ := f.alloc()
-	clear(table(root)[:])
-	pt := pageTable{root: root, alloc: f}
-	// A 2 MiB page hand-built at PML4[0]/PDPT[0]/PD[1], as the boot tables are.
 	pdpt, _ := f.alloc()
 	pd, _ := f.alloc()
-	clear(table(pdpt)[:])
-	clear(table(pd)[:])
+	for _, tb := range []uint64{root, pdpt, pd} {
+		clear(table(tb)[:])
+	}
 	table(root)[0] = pdpt | ptePresent | pteWrite
 	table(pdpt)[0] = pd | ptePresent | pteWrite
-	table(pd)[1] = 0x4000_0000 | ptePresent | pteWrite | pteHuge
+	table(pd)[i] = pa | ptePresent | pteWrite | pteHuge
+	return pageTable{root: root, alloc: f}
+}
+
+func TestPageTableHugePagesAndExhaustion(t *testing.T) {
+	// A 2 MiB page at PML4[0]/PDPT[0]/PD[1], as the boot tables are.
+	pt := hugePageTable(t, 1, 0x4000_0000)
 	pa, _, ok := pt.lookup(0x20_0000 + 0x1234)
 	require.True(t, ok)
 	assert.Equal(t, uint64(0x4000_1234), pa)
@@ -174,17 +180,7 @@ func TestRegionSetFull(t *testing.T) {
 
 // splitHuge keeps every translation of the 2 MiB page and lets one 4 KiB page go.
 func TestSplitHugePage(t *testing.T) {
-	_, f := arena(t, 8)
-	root, _ := f.alloc()
-	clear(table(root)[:])
-	pt := pageTable{root: root, alloc: f}
-	pdpt, _ := f.alloc()
-	pd, _ := f.alloc()
-	clear(table(pdpt)[:])
-	clear(table(pd)[:])
-	table(root)[0] = pdpt | ptePresent | pteWrite
-	table(pdpt)[0] = pd | ptePresent | pteWrite
-	table(pd)[0] = 0 | ptePresent | pteWrite | pteHuge
+	pt := hugePageTable(t, 0, 0)
 	require.Equal(t, ptOK, pt.splitHuge(0x1234))
 	for _, va := range []uint64{0, 0x1234, 0x1f_f000, 0x1f_ffff} {
 		pa, fl, ok := pt.lookup(va)
