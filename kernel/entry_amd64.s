@@ -11,6 +11,9 @@
 // words to the kernel stack before anything can nest (the protocol is in package trap's doc):
 // below the interrupted RSP when that lies in this CPU's stack region [CPU.stkLo, CPU.stkHi),
 // at the kernel stack's top otherwise. A Go goroutine's small stack never receives a frame.
+// An interrupted RSP below CPU.kstkMin means the kernel stack has overflowed (into its reserve
+// or its guard page): that entry stays where the CPU delivered it, on its IST stack, and
+// kernelEntry reports the overflow.
 
 // syscallEntry is MSR_LSTAR. SYSCALL put the return RIP in RCX and RFLAGS in R11, and SFMASK
 // cleared IF, TF, DF and AC. GS base permanently points at this CPU's block.
@@ -40,6 +43,8 @@ TEXT ·commonEntry(SB),NOSPLIT|NOFRAME,$0
 	JCS  move
 	CMPQ AX, CPU_STKHI(GS)
 	JCC  move
+	CMPQ AX, CPU_KSTKMIN(GS)
+	JCS  stay                      // the kernel stack overflowed: no room to nest
 	MOVQ AX, BX                    // kernel code was interrupted: just below its RSP
 	ANDQ $~15, BX
 move:
@@ -64,6 +69,7 @@ move:
 	MOVQ (8*8)(SP), AX
 	MOVQ AX, (8*8)(BX)
 	MOVQ BX, SP
+stay:
 	POPQ BX
 	POPQ AX
 	JMP ·saveFrame(SB)

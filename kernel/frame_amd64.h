@@ -21,6 +21,7 @@
 #define CPU_KTLS      24
 #define CPU_STKLO     32
 #define CPU_STKHI     40
+#define CPU_KSTKMIN   48
 
 // Pseudo-vector recorded in Frame.Vector for a SYSCALL entry.
 #define VEC_SYSCALL   256

@@ -46,6 +46,7 @@ func TestFrameOffsetsMatchAssembly(t *testing.T) {
 		"CPU_KTLS":     unsafe.Offsetof(c.ktls),
 		"CPU_STKLO":    unsafe.Offsetof(c.stkLo),
 		"CPU_STKHI":    unsafe.Offsetof(c.stkHi),
+		"CPU_KSTKMIN":  unsafe.Offsetof(c.kstkMin),
 		"VEC_SYSCALL":  VecSyscall,
 		"PV_POISON":    PVPoison,
 		"SEL_CODE":     selCode,

@@ -161,6 +161,9 @@ func initMemory() {
 	kpt = pageTable{root: amd64.ReadCR3() & pteAddr, alloc: &pmem}
 	vmRegion.add(0, identityTop)
 	unmapNullPage()
+	if n, ok := cmdlineInt("stackguard"); !ok || n != 0 {
+		unmapStackGuards()
+	}
 }
 
 // unmapNullPage leaves page 0 unmapped, so that a nil pointer dereference faults (a fatal trap
@@ -174,6 +177,24 @@ func unmapNullPage() {
 	}
 	kpt.unmapPage(0)
 	invlpg(0)
+}
+
+// unmapStackGuards unmaps the guard page below every stack of every CPU (percpu.go), so that
+// overflowing one faults. stackguard=0 on the command line leaves them mapped: a mutation
+// under which the fault_guard suite must fail. Boot, before any other CPU runs.
+func unmapStackGuards() {
+	for i := 0; i < MaxCPUs; i++ {
+		for _, g := range stackRegion(i).guardPages() {
+			va := uint64(g)
+			if r := kpt.splitHuge(va); r != ptOK {
+				var k kbuf
+				k.s("tracebed: fatal: cannot split the 2 MiB page at ").hex(va).s(" (").dec(int64(r)).s(")").out()
+				debugExit(ktest.ExitFatal)
+			}
+			kpt.unmapPage(va)
+			invlpg(va)
+		}
+	}
 }
 
 // startRuntime builds the initial process stack the Linux ABI promises (argc, argv, envp,

@@ -11,9 +11,10 @@ import (
 // GS, so no SWAPGS is needed). While the CPU is in the kernel its FS base points at CPU.tls, so
 // that Go's g (loaded from FS:-8) is CPU.g: a g that carries only stack bounds covering this
 // CPU's kernel stacks. Go code in the kernel may therefore use ordinary (splittable) functions:
-// their prologue compares SP with g.stackguard0, which lies at the bottom of the CPU's stack
-// region, so they never call morestack unless the region overflows — and then morestack
-// dereferences g.m, which is nil, and faults at once instead of corrupting memory.
+// their prologue compares SP with g.stackguard0, which lies kstackReserve above the bottom of
+// the kernel stack, so they never call morestack unless the kernel stack overflows — and then
+// morestack dereferences g.m, which is nil, and faults at once instead of corrupting memory; the
+// fault's entry sees an RSP below CPU.kstkMin and reports a stack overflow.
 //
 // Rules for kernel Go code (it runs outside the runtime's knowledge): no allocation, no
 // pointer stores into the heap or globals after the runtime has started (no write barriers),
@@ -26,24 +27,75 @@ const MaxCPUs = trap.MaxCPUs
 // nest on it, each below the one it interrupted); an IST stack holds an entry for the few
 // instructions that move it, and the handlers of traps that interrupt those instructions (an
 // interrupt inside a trap gate's move, say), hence a few KiB each rather than a few words.
+//
+// Every stack starts on a page boundary above an unmapped guard page, so that code overflowing
+// it faults instead of writing into its neighbour. The kernel stack's lowest kstackReserve
+// bytes are a second, software guard: Go's stack check (the kernel g's stackguard0) stops Go
+// code above them, and an entry whose interrupted RSP lies below them is not nested further
+// (commonEntry builds it where the CPU delivered it) but reported as a stack overflow.
 const (
-	guardBytes  = 4 << 10
-	kstackBytes = 96 << 10
-	istBytes    = 8 << 10
-	dfBytes     = 16 << 10 // the double fault's handler runs on its IST stack
+	guardBytes    = pageSize
+	kstackBytes   = 96 << 10
+	kstackReserve = 4 << 10
+	istBytes      = 8 << 10
+	dfBytes       = 16 << 10 // the double fault's handler runs on its IST stack
 )
 
-// cpuStacks is one CPU's stack region: everything above guard is [CPU.stkLo, CPU.stkHi).
+// cpuStacks is one CPU's stack region, [CPU.stkLo, CPU.stkHi); its size is a multiple of the
+// page size.
 type cpuStacks struct {
-	guard  [guardBytes]byte
-	kstack [kstackBytes]byte
-	ist    [idt.NumIST - 1][istBytes]byte // IST slots other than ISTDF
-	df     [dfBytes]byte
+	kguard  [guardBytes]byte
+	kstack  [kstackBytes]byte
+	ist     [idt.NumIST - 1]istStack // IST slots other than ISTDF
+	dfGuard [guardBytes]byte
+	df      [dfBytes]byte
 }
 
-var stacks [MaxCPUs]cpuStacks
+type istStack struct {
+	guard [guardBytes]byte
+	stack [istBytes]byte
+}
 
-// CPU is the per-CPU block. The first six fields are read by assembly (frame_amd64.h).
+// stackMem holds every CPU's cpuStacks, from its first page boundary on (stackRegion).
+var stackMem [MaxCPUs*unsafe.Sizeof(cpuStacks{}) + pageSize]byte
+
+// stackRegion returns CPU i's stacks.
+//
+// Trap context allowed.
+func stackRegion(i int) *cpuStacks {
+	base := unsafe.Pointer(&stackMem[0])
+	pad := -uintptr(base) & (pageSize - 1)
+	return (*cpuStacks)(unsafe.Add(base, pad+uintptr(i)*unsafe.Sizeof(cpuStacks{})))
+}
+
+// istSlot returns IST slot n's stack (1 <= n <= idt.NumIST) and the guard page below it.
+//
+// Trap context allowed.
+func (s *cpuStacks) istSlot(n int) (guard *[guardBytes]byte, stack []byte) {
+	if n == idt.ISTDF {
+		return &s.dfGuard, s.df[:]
+	}
+	j := n - 1
+	if n > idt.ISTDF {
+		j--
+	}
+	return &s.ist[j].guard, s.ist[j].stack[:]
+}
+
+// guardPages returns the start of the guard page below each of the region's stacks: index 0
+// is the kernel stack's, index N (1..idt.NumIST) IST slot N's.
+//
+// Trap context allowed.
+func (s *cpuStacks) guardPages() (g [idt.NumIST + 1]uintptr) {
+	g[0] = uintptr(unsafe.Pointer(&s.kguard))
+	for n := 1; n <= idt.NumIST; n++ {
+		guard, _ := s.istSlot(n)
+		g[n] = uintptr(unsafe.Pointer(guard))
+	}
+	return g
+}
+
+// CPU is the per-CPU block. The first seven fields are read by assembly (frame_amd64.h).
 type CPU struct {
 	self    uintptr // CPU_SELF
 	kstack  uintptr // CPU_KSTACK: top of the kernel stack, where a thread's frame is built
@@ -51,6 +103,7 @@ type CPU struct {
 	ktls    uintptr // CPU_KTLS: FS base while in the kernel
 	stkLo   uintptr // CPU_STKLO, CPU_STKHI: this CPU's stack region (kernel and IST stacks)
 	stkHi   uintptr
+	kstkMin uintptr // CPU_KSTKMIN: below this, the kernel stack has overflowed
 
 	id      int
 	apicID  uint32
@@ -88,29 +141,24 @@ func thisCPU() *CPU
 // initCPU prepares CPU i's block and stacks; the CPU loads them with loadCPU.
 func initCPU(i int, apicID uint32) *CPU {
 	c := &cpus[i]
-	s := &stacks[i]
+	s := stackRegion(i)
 	c.self = uintptr(unsafe.Pointer(c))
 	c.id = i
 	c.apicID = apicID
 	c.current = -1
 	c.kstack = top(s.kstack[:])
-	lo := uintptr(unsafe.Pointer(&s.guard[0]))
-	c.g[0] = lo
-	c.g[1] = top(s.df[:])
-	c.g[2] = lo + guardBytes
-	c.g[3] = lo + guardBytes
+	c.stkLo = uintptr(unsafe.Pointer(s))
+	c.stkHi = c.stkLo + unsafe.Sizeof(*s)
+	c.kstkMin = uintptr(unsafe.Pointer(&s.kstack[0])) + kstackReserve
+	c.g[0] = uintptr(unsafe.Pointer(&s.kstack[0]))
+	c.g[1] = c.stkHi
+	c.g[2] = c.kstkMin
+	c.g[3] = c.kstkMin
 	c.tls[0] = uintptr(unsafe.Pointer(&c.g[0]))
 	c.ktls = uintptr(unsafe.Pointer(&c.tls[1]))
-	c.stkLo = uintptr(unsafe.Pointer(&s.kstack[0]))
-	c.stkHi = uintptr(unsafe.Pointer(s)) + unsafe.Sizeof(*s)
-	j := 0
-	for slot := 1; slot <= idt.NumIST; slot++ {
-		if slot == idt.ISTDF {
-			c.tss.setIST(slot, top(s.df[:]))
-			continue
-		}
-		c.tss.setIST(slot, top(s.ist[j][:]))
-		j++
+	for n := 1; n <= idt.NumIST; n++ {
+		_, stack := s.istSlot(n)
+		c.tss.setIST(n, top(stack))
 	}
 	c.tss.setRSP0(c.kstack)
 	return c

@@ -69,3 +69,9 @@ const UnmappedBase = 0xffff_8000_0000_0000
 
 // PVPoison is what the pvshim stubs leave in RCX and R11 (frame_amd64.h: PV_POISON).
 const PVPoison = 0x7e57dead0000c0de
+
+// KernelStackGuard is the guard page below CPU cpu's kernel stack: unmapped, unless the
+// command line says stackguard=0.
+//
+// Trap context allowed.
+func KernelStackGuard(cpu int) uintptr { return stackRegion(cpu).guardPages()[0] }

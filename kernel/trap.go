@@ -17,6 +17,9 @@ import (
 func kernelEntry(f *Frame) {
 	c := thisCPU()
 	trap.Enter(c.id, f.Vector)
+	if c.overflowed(f) {
+		fatalTrap(c, f) // no handler runs on the IST stack commonEntry left this frame on
+	}
 	switch v := f.Vector; {
 	case v == VecSyscall:
 		c.syscall(f)
@@ -57,6 +60,31 @@ func (c *CPU) threadFrame(f *Frame) bool {
 	return uintptr(unsafe.Pointer(f)) == c.kstack-unsafe.Sizeof(Frame{})
 }
 
+// overflowed reports whether f interrupted this CPU's kernel code below CPU.kstkMin: the kernel
+// stack has overflowed into its reserve or its guard page, and commonEntry left f on the stack
+// the CPU delivered it to. Trap context.
+func (c *CPU) overflowed(f *Frame) bool {
+	return c.onStacks(f.RSP) && f.RSP < uint64(c.kstkMin)
+}
+
+// onStacks reports whether a lies in this CPU's stack region. Trap context.
+func (c *CPU) onStacks(a uint64) bool { return a >= uint64(c.stkLo) && a < uint64(c.stkHi) }
+
+// overflowedStack names the stack f's trap overflowed, if any: the one whose guard page holds
+// the interrupted RSP or, for a #PF, the faulting address; else the kernel stack when the
+// interrupted RSP lies below its limit. slot is 0 for the kernel stack, else the IST slot.
+// Trap context.
+func (c *CPU) overflowedStack(f *Frame) (slot int, guard uint64, ok bool) {
+	guards := stackRegion(c.id).guardPages()
+	for i, g := range guards {
+		lo := uint64(g)
+		if f.RSP-lo < guardBytes || f.Vector == idt.PageFault && f.CR2-lo < guardBytes {
+			return i, lo, true
+		}
+	}
+	return 0, uint64(guards[0]), c.overflowed(f)
+}
+
 // fatalTrap reports an exception the kernel cannot handle and ends the run with the fatal
 // exit code. The console lines start with "tracebed: fatal" so the host can classify them.
 //
@@ -77,6 +105,16 @@ func fatalTrap(c *CPU, f *Frame) {
 		k.s(" (kernel)")
 	}
 	k.out()
+	if slot, guard, ok := c.overflowedStack(f); ok {
+		k.s("tracebed: fatal: stack overflow on cpu ").dec(int64(c.id)).s(": ")
+		if slot == 0 {
+			k.s("kernel stack")
+		} else {
+			k.s("IST stack ").dec(int64(slot))
+		}
+		k.s(" (guard page ").hex(guard).s(", kernel stack limit ").hex(uint64(c.kstkMin)).
+			s(") at trap depth ").dec(int64(trap.Depth(c.id))).out()
+	}
 	k.s("tracebed: fatal RIP ").hex(f.RIP).s(" RSP ").hex(f.RSP).s(" RFLAGS ").hex(f.RFLAGS).
 		s(" CR2 ").hex(f.CR2).s(" FS ").hex(f.FSBase).out()
 	k.s("tracebed: fatal RAX ").hex(f.RAX).s(" RBX ").hex(f.RBX).s(" RCX ").hex(f.RCX).
@@ -84,12 +122,14 @@ func fatalTrap(c *CPU, f *Frame) {
 	k.s("tracebed: fatal RBP ").hex(f.RBP).s(" R8 ").hex(f.R8).s(" R9 ").hex(f.R9).
 		s(" R10 ").hex(f.R10).s(" R11 ").hex(f.R11).s(" R12 ").hex(f.R12).out()
 	k.s("tracebed: fatal R13 ").hex(f.R13).s(" R14 ").hex(f.R14).s(" R15 ").hex(f.R15).out()
-	// Frame-pointer walk: Go keeps RBP chains on amd64. The host symbolizes these PCs too.
+	// Frame-pointer walk: Go keeps RBP chains on amd64, in goroutine stacks and in this CPU's
+	// kernel stacks alike (saveFrame leaves RBP as it was, so the walk goes on through nested
+	// entries into the code they interrupted). The host symbolizes these PCs too.
 	var pcs [17]uint64
 	n := 0
 	pcs[n], n = f.RIP, 1
 	bp := f.RBP
-	for n < len(pcs) && bp >= identityTop && bp < userTop && bp%8 == 0 {
+	for n < len(pcs) && (bp >= identityTop && bp < userTop || c.onStacks(bp)) && bp%8 == 0 {
 		if _, _, ok := kpt.lookup(bp); !ok {
 			break
 		}

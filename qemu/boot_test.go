@@ -3,6 +3,7 @@ package qemu_test
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -137,6 +138,43 @@ func TestNilDereferenceIsReported(t *testing.T) {
 func TestFaultWhilePrintingIsReported(t *testing.T) {
 	_, tail := fatalUnmappedLoad(t, "fault_console")
 	assert.Regexp(t, `tracebed: fatal frame 0 0x[0-9a-f]+ tracebed/kernel\.FaultInConsoleWrite `, tail)
+}
+
+// Overflowing the kernel stack is reported as a stack overflow on each way it happens: nested
+// traps (a #BP handler that executes INT3 again) stop at the kernel stack's limit, and a push
+// into the guard page faults, through #PF on its IST stack or, when #PF has no IST stack of
+// its own (idt.ist=14:0), through #DF on the double fault's.
+func TestStackOverflowIsReported(t *testing.T) {
+	for _, tc := range []struct{ name, append, trap string }{
+		{"nested_traps", "suite=fault_overflow", ""},
+		{"guard_page_pf", "suite=fault_guard", "vector 14 #PF page fault"},
+		{"guard_page_df", "suite=fault_guard idt.ist=14:0", "vector 8 #DF double fault"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rep := boot(t, qemu.Config{Append: tc.append, Timeout: 2 * time.Minute})
+			tail := strings.Join(rep.Tail, "\n")
+			require.Equal(t, qemu.Fatal, rep.Outcome, "tail:\n%s", tail)
+			assert.Contains(t, tail, tc.trap)
+			m := regexp.MustCompile(`tracebed: fatal: stack overflow on cpu \d+: kernel stack \(guard page 0x[0-9a-f]+, kernel stack limit 0x[0-9a-f]+\) at trap depth (\d+)`).FindStringSubmatch(tail)
+			require.NotNil(t, m, "no stack overflow report in:\n%s", tail)
+			depth, _ := strconv.Atoi(m[1])
+			if tc.name == "nested_traps" {
+				// 92 KiB of kernel stack hold dozens of nested entries (a frame is 704 bytes).
+				assert.GreaterOrEqual(t, depth, 16, "the handler's traps nested")
+			}
+			t.Logf("%s: %s", tc.name, m[0])
+		})
+	}
+}
+
+// The witness for the guard pages: with them mapped (stackguard=0) the pushes of fault_guard
+// land in the guard page unnoticed, and the case fails on finding them there.
+func TestStackGuardMutationFails(t *testing.T) {
+	rep := boot(t, qemu.Config{Append: "suite=fault_guard stackguard=0", Timeout: 2 * time.Minute})
+	tail := strings.Join(rep.Tail, "\n")
+	require.Equal(t, qemu.Fail, rep.Outcome, "tail:\n%s", tail)
+	assert.Contains(t, tail, "nothing faulted: the guard page is mapped")
+	assert.NotContains(t, tail, "stack overflow")
 }
 
 // The witness for preemption: with timer preemption off (nopreempt=1), preempt_spinning_thread

@@ -12,7 +12,8 @@ import (
 	"tracebed/kernel/suites"
 )
 
-var all = []ktest.Suite{suites.Runtime, suites.SMP, suites.Traps, suites.Hang, suites.Fault, suites.FaultNil, suites.FaultConsole}
+var all = []ktest.Suite{suites.Runtime, suites.SMP, suites.Traps, suites.Hang, suites.Fault, suites.FaultNil, suites.FaultConsole,
+	suites.FaultOverflow, suites.FaultGuard}
 
 // defaults run when the command line names no suite.
 var defaults = []string{"runtime", "smp", "traps"}

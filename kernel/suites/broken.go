@@ -1,18 +1,22 @@
 package suites
 
 import (
+	"sync/atomic"
 	"time"
 	"unsafe"
 
 	"tracebed/amd64"
+	"tracebed/idt"
 	"tracebed/kernel"
 	"tracebed/kernel/ktest"
+	"tracebed/trap"
 )
 
-// Hang, Fault, FaultNil and FaultConsole fail on purpose, in the ways a kernel under test goes
-// wrong: it stops making progress, or it takes an exception it cannot handle (a nil
-// dereference among them, and one while holding the console's lock). The host's tests select them and pass only when the host reports exactly
-// that. None runs by default.
+// Hang, Fault, FaultNil, FaultConsole, FaultOverflow and FaultGuard fail on purpose, in the ways
+// a kernel under test goes wrong: it stops making progress, or it takes an exception it cannot
+// handle (a nil dereference among them, one while holding the console's lock, and overflowing
+// its stack). The host's tests select them and pass only when the host reports exactly that.
+// None runs by default.
 
 // Hang stops the CPU for good: interrupts off and a spin, as a stuck CPU does.
 var Hang = ktest.Suite{Name: "hang", Cases: []ktest.Case{{"spin_with_interrupts_off", func(t *ktest.T) {
@@ -59,3 +63,66 @@ var FaultNil = ktest.Suite{Name: "fault_nil", Cases: []ktest.Case{{"nil_derefere
 	t.Diag("value", *nilTarget)
 	t.Errorf("a nil dereference returned")
 }}}}
+
+// FaultOverflow overflows the kernel stack with nested traps: a #BP handler that executes INT3
+// again, each nested entry a frame below the last. The kernel must stop at the kernel stack's
+// limit and report a stack overflow, with the trap depth reached.
+var FaultOverflow = ktest.Suite{Name: "fault_overflow", Cases: []ktest.Case{{"recursive_bp_handler", func(t *ktest.T) {
+	trapSites(&sites)
+	trap.Register(idt.Breakpoint, onRecursiveBP)
+	t.Logf("overflowing the kernel stack on purpose: a #BP handler that executes INT3 again")
+	time.Sleep(10 * time.Millisecond) // let the line reach the console
+	int3Site()
+	t.Errorf("the recursive #BP handler returned")
+}}}}
+
+// onRecursiveBP executes the INT3 it was entered for again, without end. Trap context.
+func onRecursiveBP(f *trap.Frame) bool {
+	if uintptr(f.RIP)-1 != sites[siteInt3] {
+		return false
+	}
+	int3Site()
+	return true
+}
+
+// pushMarker is the word pushUntil pushes.
+const pushMarker = 0x5ac0ffee
+
+// pushUntil pushes pushMarker until RSP is at or below limit, then puts RSP back
+// (broken_amd64.s). Trap context: it runs on the kernel stack of the handler that calls it.
+func pushUntil(limit uintptr)
+
+// FaultGuard runs a #BP handler (on the kernel stack) that pushes, interrupts off, until RSP is
+// inside the kernel stack's guard page: the push that reaches the unmapped page must fault and
+// be reported as a stack overflow. With stackguard=0 (the guard pages stay mapped) the pushes
+// succeed and the case fails, having found its marker in the guard page: the mutation that
+// shows the guard page is what catches an overflow no software check sees.
+var FaultGuard = ktest.Suite{Name: "fault_guard", Cases: []ktest.Case{{"push_into_guard_page", func(t *ktest.T) {
+	trapSites(&sites)
+	trap.Register(idt.Breakpoint, onGuardBP)
+	t.Logf("overflowing the kernel stack on purpose: pushing into its guard page")
+	time.Sleep(10 * time.Millisecond) // let the line reach the console
+	int3Site()
+	at := guardTarget.Load()
+	if at != 0 && *(*uint64)(unsafe.Pointer(at)) == pushMarker {
+		t.Errorf("pushed into the kernel stack's guard page at %#x and nothing faulted: the guard page is mapped", at)
+		return
+	}
+	t.Errorf("the pushing #BP handler returned")
+}}}}
+
+// guardTarget is where onGuardBP's pushes end: 512 bytes into the guard page.
+var guardTarget atomic.Uintptr
+
+// onGuardBP pushes until RSP is 512 bytes into this CPU's kernel stack guard page. Trap context.
+func onGuardBP(f *trap.Frame) bool {
+	if uintptr(f.RIP)-1 != sites[siteInt3] {
+		return false
+	}
+	fl := amd64.DisableInterrupts() // no entry nests while the stack is past its limit
+	at := kernel.KernelStackGuard(kernel.CurrentCPU()) + 512
+	guardTarget.Store(at)
+	pushUntil(at)
+	amd64.RestoreInterrupts(fl)
+	return true
+}
