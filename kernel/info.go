@@ -1,8 +1,8 @@
 package kernel
 
 import (
-	"sync/atomic"
 	"time"
+	"tracebed/kernel/linux"
 
 	"tracebed/amd64"
 	"tracebed/idt"
@@ -19,12 +19,7 @@ func SinceRuntimeStart() time.Duration { return time.Duration(nanotime() - bootT
 func OnlineCPUs() int { return ncpuOnline }
 
 // SyscallCount returns how often system call nr has been made.
-func SyscallCount(nr int) uint64 {
-	if nr < 0 || nr >= maxSyscall {
-		return 0
-	}
-	return atomic.LoadUint64(&syscallCount[nr])
-}
+func SyscallCount(nr int) uint64 { return linux.SyscallCount(nr) }
 
 // ContextSwitches is the number of times any CPU loaded a thread.
 func ContextSwitches() uint64 {

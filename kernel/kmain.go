@@ -7,6 +7,8 @@ import (
 	"tracebed/apic"
 	"tracebed/idt"
 	"tracebed/kernel/ktest"
+	"tracebed/kernel/linux"
+	"tracebed/kernel/sched"
 )
 
 // Boot, from the first Go code to the Go runtime's entry point. kmain runs on the boot stack
@@ -68,7 +70,7 @@ func kmain(startInfo uintptr) {
 	elapsed := nanotime() - t0
 	lapicHz = uint64(0xffffffff-lapic.Current()) * 1e9 / uint64(elapsed)
 	initSyscalls()
-	initFDs()
+	linux.Init(&theHost)
 	ncpuOnline = 1
 	discoverCPUs(c)
 	startAPs()
@@ -159,7 +161,6 @@ func initMemory() {
 	img := uint64(kernelStart()) &^ (1<<20 - 1)
 	pmem.reserve(img, uint64(kernelEnd())-img)
 	kpt = pageTable{root: amd64.ReadCR3() & pteAddr, alloc: &pmem}
-	vmRegion.add(0, identityTop)
 	unmapNullPage()
 	if n, ok := cmdlineInt("stackguard"); !ok || n != 0 {
 		unmapStackGuards()
@@ -200,7 +201,7 @@ func unmapStackGuards() {
 // startRuntime builds the initial process stack the Linux ABI promises (argc, argv, envp,
 // auxv: SysV ABI AMD64 3.4.1) and enters _rt0_amd64_linux as the first thread.
 func startRuntime(c *CPU) {
-	base := sysMmap(0, userStackBytes, protRead|protWrite, mapPrivate|mapAnonymous)
+	base := linux.Mmap(0, userStackBytes, linux.ProtRead|linux.ProtWrite, linux.MapPrivate|linux.MapAnonymous)
 	if base < 0 {
 		var k kbuf
 		k.s("tracebed: fatal: no memory for the initial stack").out()
@@ -236,7 +237,7 @@ func startRuntime(c *CPU) {
 	env := push("GODEBUG=asyncpreemptoff=1")
 	sp -= 16
 	random := sp
-	getrandom(random, 16)
+	linux.Getrandom(random, 16)
 	const (
 		atNull   = 0
 		atPagesz = 6
@@ -258,11 +259,11 @@ func startRuntime(c *CPU) {
 		put(v)
 	}
 
-	i := newThread()
-	t := &threads[i]
-	t.frame = Frame{RIP: uint64(rt0Addr()), CS: selCode, SS: selData, RSP: sp,
+	i := sched.New()
+	t := sched.T(i)
+	t.Frame = Frame{RIP: uint64(rt0Addr()), CS: selCode, SS: selData, RSP: sp,
 		RFLAGS: amd64.RFLAGS_IF | 2}
-	initFX(&t.frame)
+	initFX(&t.Frame)
 	f := (*Frame)(unsafe.Pointer(c.kstack - unsafe.Sizeof(Frame{})))
 	bootTime.runtime = nanotime()
 	klock.lock()

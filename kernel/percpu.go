@@ -107,7 +107,7 @@ type CPU struct {
 
 	id      int
 	apicID  uint32
-	current int32  // index in threads of the thread running here; -1 while idle
+	current int32  // the thread running here (a package sched index); -1 while idle
 	online  uint32 // set by the CPU itself once it runs the scheduler
 	idling  bool   // halted in the idle loop, klock released (guarded by klock)
 	kicked  bool   // a wake IPI is on its way (guarded by klock)

@@ -34,6 +34,7 @@ var (
 	acpiInfo   acpi.Info
 	acpiStatus acpi.Error
 	ncpuFound  int    // enabled CPUs the MADT lists (1 without ACPI)
+	ncpuOnline int    // CPUs running the scheduler: cpus[:ncpuOnline]
 	tlbGen     uint64 // TLB flush generation; a CPU has flushed when its tlbSeen reaches it
 )
 

@@ -2,6 +2,7 @@ package kernel
 
 import (
 	"syscall"
+	"tracebed/kernel/sched"
 
 	"tracebed/amd64"
 	"tracebed/idt"
@@ -30,7 +31,7 @@ func UnpinCPU() { setPin(-1) }
 func setPin(n int32) {
 	fl := amd64.DisableInterrupts()
 	klock.lock()
-	threads[thisCPU().current].pin = n
+	sched.T(thisCPU().current).Pin = n
 	klock.unlock()
 	amd64.RestoreInterrupts(fl)
 }

@@ -1,6 +1,7 @@
 package kernel
 
 import (
+	"tracebed/kernel/sched"
 	"unsafe"
 
 	"tracebed/amd64"
@@ -100,7 +101,7 @@ func fatalTrap(c *CPU, f *Frame) {
 	k.s("tracebed: fatal trap: vector ").dec(int64(f.Vector)).s(" ").s(idt.Name(f.Vector)).
 		s(" error ").hex(f.Err).s(" on cpu ").dec(int64(c.id))
 	if c.current >= 0 {
-		k.s(" thread ").dec(int64(threads[c.current].tid))
+		k.s(" thread ").dec(int64(sched.T(c.current).TID))
 	} else {
 		k.s(" (kernel)")
 	}

@@ -1,4 +1,4 @@
-package kernel
+package linux
 
 // regionSet is the set of reserved virtual-address ranges: every range mmap has handed out
 // (whatever its protection) plus what the kernel keeps for itself. Ranges are kept sorted,

@@ -1,4 +1,9 @@
-package kernel
+package linux
+
+import (
+	"tracebed/kernel/sched"
+	"tracebed/trap"
+)
 
 // File descriptors: 0–2 are the serial console; eventfd and epoll exist for the runtime's
 // netpoller, which parks an idle thread in epoll_pwait with a timer's timeout and breaks it
@@ -36,12 +41,6 @@ type fdesc struct {
 
 var fds [maxFDs]fdesc
 
-func initFDs() {
-	for i := 0; i < 3; i++ {
-		fds[i].kind = fdConsole
-	}
-}
-
 // Kernel context, klock held.
 func allocFD(kind uint8) int64 {
 	for i := range fds {
@@ -72,44 +71,9 @@ func closeFD(fd int64) int64 {
 	return 0
 }
 
-// maxConsoleWrite bounds one write(2) to the console: it runs with interrupts off, so a larger
-// one returns a short count and the caller writes the rest (Go's os.File does).
-const maxConsoleWrite = 64 << 10
-
-// writeConsole writes n bytes of user memory at buf to the console, a chunk at a time through
-// the fault-safe copy, under the console lock for the whole write (one write(2) is one piece of
-// output, as on a Linux tty); a bad pointer ends it with -EFAULT, or the count already written.
-// Kernel context, klock not held: output may be long, and must not hold up other system calls.
-func writeConsole(buf, n uint64) int64 {
-	if !userRange(buf, n) {
-		return -errEFAULT
-	}
-	n = min(n, maxConsoleWrite)
-	var chunk [256]byte
-	done := uint64(0)
-	held := consoleAcquire()
-	for done < n {
-		m := min(n-done, uint64(len(chunk)))
-		got := uint64(copyIn(chunk[:m], buf+done))
-		if held && consoleMine() { // a fatal report may seize the console mid-write
-			consoleRaw(chunk[:got])
-		}
-		done += got
-		if got < m {
-			break
-		}
-		drainTLB() // interrupts are off and this is no spin wait: serve shootdowns between chunks
-	}
-	if held {
-		consoleRelease()
-	}
-	if done < n {
-		return efault(done)
-	}
-	return int64(n)
-}
-
-// sysWriteFD is write(2) for the fds other than the console (see syscall). Kernel context, klock held.
+// sysWriteFD is write(2) for the fds other than the console (IsConsoleWrite).
+//
+// Kernel context, klock held.
 func sysWriteFD(fd int64, buf, n uint64) int64 {
 	if f := fdOf(fd, fdEventfd); f != nil {
 		if n < 8 {
@@ -226,7 +190,7 @@ func epollReady(epfd int64, buf, max uint64) int64 {
 		if f := fdOf(int64(w.fd), fdEventfd); f != nil && f.count > 0 && w.events&epollIn != 0 {
 			e := buf + n*epollEvSize
 			if !putU32(e, epollIn) || !putU64(e+4, w.data) {
-				return efault(n)
+				return Efault(n)
 			}
 			n++
 		}
@@ -234,18 +198,21 @@ func epollReady(epfd int64, buf, max uint64) int64 {
 	return int64(n)
 }
 
+// epollWait returns epfd's ready events, or blocks thread cur until there are some or until
+// the timeout (ms; negative: none) runs out.
+//
 // Kernel context, klock held.
-func (c *CPU) epollWait(f *Frame, epfd int64, buf, max uint64, timeoutMs int64) int64 {
+func epollWait(cur int32, f *trap.Frame, epfd int64, buf, max uint64, timeoutMs int64) int64 {
 	n := epollReady(epfd, buf, max)
 	if n != 0 || timeoutMs == 0 {
 		return n
 	}
 	var deadline int64
 	if timeoutMs > 0 {
-		deadline = nanotime() + timeoutMs*1e6
+		deadline = host.Nanotime() + timeoutMs*1e6
 	}
-	threads[c.current].epfd = int32(epfd)
-	c.block(f, waitEpoll, deadline, 0)
+	sched.T(cur).Epfd = int32(epfd)
+	sched.Block(cur, f, sched.WaitEpoll, deadline, 0)
 	return blocked
 }
 
@@ -253,15 +220,15 @@ func (c *CPU) epollWait(f *Frame, epfd int64, buf, max uint64, timeoutMs int64) 
 //
 // Kernel context, klock held.
 func eventfdReady(fd int64) {
-	for i := int32(0); i < nthreads; i++ {
-		t := &threads[i]
-		if t.state != thBlocked || t.wait != waitEpoll {
+	for i := int32(0); i < sched.Count(); i++ {
+		t := sched.T(i)
+		if t.State != sched.Blocked || t.Wait != sched.WaitEpoll {
 			continue
 		}
 		// Ready events, or -EFAULT for a bad buffer; an epoll fd closed meanwhile (-EBADF) keeps
 		// the waiter waiting, as on Linux.
-		if n := epollReady(int64(t.epfd), t.frame.RSI, t.frame.RDX); n > 0 || n == -errEFAULT {
-			wake(i, uint64(n))
+		if n := epollReady(int64(t.Epfd), t.Frame.RSI, t.Frame.RDX); n > 0 || n == -errEFAULT {
+			sched.Wake(i, uint64(n))
 		}
 	}
 }

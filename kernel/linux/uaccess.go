@@ -1,4 +1,4 @@
-package kernel
+package linux
 
 import (
 	"tracebed/trap"
@@ -11,16 +11,17 @@ import (
 // the exception table and reported here as false.
 //
 // Kernel context: called from system-call handlers (klock held, or for the console, not).
+// UserRange, CopyIn and Efault serve the kernel's console write too.
 
 // The runtime's own image (its globals) lives in the identity map below 4 GiB, beside the
 // kernel's, so no address range separates the runtime's memory from the kernel's: a pointer is
 // bad when it is unmapped (page 0 among them) or non-canonical, or when the range it starts
-// would wrap past 2^64 (checked by userRange before a multi-byte copy).
+// would wrap past 2^64 (checked by UserRange before a multi-byte copy).
 
-// userRange reports whether [p, p+n) does not wrap.
+// UserRange reports whether [p, p+n) does not wrap.
 //
 // Trap context allowed.
-func userRange(p, n uint64) bool { return p+n >= p }
+func UserRange(p, n uint64) bool { return p+n >= p }
 
 // putU8 writes one byte of user memory.
 //
@@ -74,7 +75,7 @@ func putU32(p uint64, v uint32) bool {
 //
 // Trap context allowed.
 func zeroUser(p, n uint64) bool {
-	if !userRange(p, n) {
+	if !UserRange(p, n) {
 		return false
 	}
 	for i := uint64(0); i < n; i++ {
@@ -85,12 +86,12 @@ func zeroUser(p, n uint64) bool {
 	return true
 }
 
-// copyIn fills dst from user memory at p and returns how many bytes it read before a fault
+// CopyIn fills dst from user memory at p and returns how many bytes it read before a fault
 // (len(dst) when none).
 //
 // Trap context allowed.
-func copyIn(dst []byte, p uint64) int {
-	if !userRange(p, uint64(len(dst))) {
+func CopyIn(dst []byte, p uint64) int {
+	if !UserRange(p, uint64(len(dst))) {
 		return 0
 	}
 	for i := range dst {
@@ -132,11 +133,11 @@ func putTimespec(p uint64, ns int64) bool {
 	return putU64(p, uint64(ns/1e9)) && putU64(p+8, uint64(ns%1e9))
 }
 
-// efault is the system call result for a bad pointer: -EFAULT, or, when some bytes were
+// Efault is the system call result for a bad pointer: -EFAULT, or, when some bytes were
 // already transferred, their count (as Linux's write does).
 //
 // Trap context allowed.
-func efault(done uint64) int64 {
+func Efault(done uint64) int64 {
 	if done > 0 {
 		return int64(done)
 	}
