@@ -164,7 +164,7 @@ func TestDeadlines(t *testing.T) {
 	var f trap.Frame
 	Block(ids[0], &f, WaitSleep, 300, 0)
 	Block(ids[1], &f, WaitFutex, 100, uint64(1<<64-110)) // -ETIMEDOUT
-	Block(ids[2], &f, WaitEpoll, 0, 0)                    // no deadline
+	Block(ids[2], &f, WaitEpoll, 0, 0)                   // no deadline
 	assert.Equal(t, int64(100), EarliestDeadline())
 	WakeExpired(99)
 	assert.Equal(t, int32(0), Queued())
