@@ -7,7 +7,7 @@ KERNEL := build/kernel.elf
 SMP    ?= 4
 RUNFLAGS ?=
 
-.PHONY: all kernel run test qemu clean
+.PHONY: all kernel run test torture qemu clean
 all: kernel
 
 kernel:
@@ -34,6 +34,13 @@ run: qemu
 # QEMU boots for this machine's cores (their figures and GC-cycle floors assume they don't).
 test: qemu
 	$(GO) test -p 1 -count=1 -timeout 60m ./...
+
+# Long runs by hand (about 5 minutes): the xcall storm for 60 s at 4 and 8 CPUs, and the smp
+# suite's parallel GC for 60 s at 4. make test runs each of them briefly.
+torture: qemu kernel
+	$(GO) run ./cmd/tracebed run --smp 4 --suite xcall --append xcall_seconds=60 --timeout 10m
+	$(GO) run ./cmd/tracebed run --smp 8 --suite xcall --append xcall_seconds=60 --timeout 10m
+	$(GO) run ./cmd/tracebed run --smp 4 --suite smp --append gc_seconds=60 --timeout 15m
 
 clean:
 	rm -rf build

@@ -201,6 +201,8 @@ func (l *LAPIC) IPI(dest uint32, vector uint8) bool {
 }
 
 // NMI sends a non-maskable interrupt to dest.
+//
+// Trap context allowed.
 func (l *LAPIC) NMI(dest uint32) bool { return l.Send(dest, 0, DeliveryNMI, ToDest) }
 
 // Self sends vector to the running CPU.

@@ -70,6 +70,8 @@ func kmain(startInfo uintptr) {
 	elapsed := nanotime() - t0
 	lapicHz = uint64(0xffffffff-lapic.Current()) * 1e9 / uint64(elapsed)
 	initSyscalls()
+	initXcall(c)
+	initWatchdog()
 	linux.Init(&theHost)
 	ncpuOnline = 1
 	discoverCPUs(c)

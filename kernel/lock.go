@@ -11,18 +11,37 @@ import (
 // spinlock is enough. Never taken in NMI context.
 //
 // A CPU spinning here has interrupts off and cannot take IPIs, so the wait loop does the work
-// other CPUs may be waiting on it for (drainTLB): a CPU holding a lock may then wait for all
-// others without deadlock.
+// other CPUs may be waiting on it for (drainTLB, and the cross-CPU calls sent to it:
+// drainCalls): a CPU holding a lock may then wait for, or call, all others without deadlock.
 type spinlock struct{ v uint32 }
 
 // Kernel context: interrupts off, so a holder is never preempted; never in NMI context.
 func (l *spinlock) lock() {
 	for !atomic.CompareAndSwapUint32(&l.v, 0, 1) {
+		c := lockWaiter()
+		if c != nil {
+			atomic.AddUint32(&c.lockWait, 1)
+		}
 		for atomic.LoadUint32(&l.v) != 0 {
 			drainTLB()
+			if c != nil {
+				drainCalls()
+			}
 			amd64.Pause()
 		}
+		if c != nil {
+			atomic.AddUint32(&c.lockWait, ^uint32(0))
+		}
 	}
+}
+
+// lockWaiter is this CPU's block once the per-CPU blocks are loaded (the console lock is taken
+// before), else nil. Trap context allowed.
+func lockWaiter() *CPU {
+	if !xcallReady.Load() {
+		return nil
+	}
+	return thisCPU()
 }
 
 // Kernel context (interrupts off), or trap context for the console's seizure.

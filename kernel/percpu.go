@@ -105,14 +105,17 @@ type CPU struct {
 	stkHi   uintptr
 	kstkMin uintptr // CPU_KSTKMIN: below this, the kernel stack has overflowed
 
-	id      int
-	apicID  uint32
-	current int32  // the thread running here (a package sched index); -1 while idle
-	online  uint32 // set by the CPU itself once it runs the scheduler
-	idling  bool   // halted in the idle loop, klock released (guarded by klock)
-	kicked  bool   // a wake IPI is on its way (guarded by klock)
-	tlbSeen uint64 // the last TLB flush generation this CPU performed
-	startNs int64  // how long the AP took from INIT to online
+	id         int
+	apicID     uint32
+	current    int32  // the thread running here (a package sched index); -1 while idle
+	online     uint32 // set by the CPU itself once it runs the scheduler
+	idling     bool   // halted in the idle loop, klock released (guarded by klock)
+	kicked     bool   // a wake IPI is on its way (guarded by klock)
+	inNMI      bool   // running the NMI handler (cross-CPU calls are refused)
+	nmiLatched bool   // an NMI arrived while inNMI: run it when the handler ends
+	lockWait   uint32 // spinning for a kernel lock (InLockWait)
+	tlbSeen    uint64 // the last TLB flush generation this CPU performed
+	startNs    int64  // how long the AP took from INIT to online
 
 	sliceEnd int64 // when the running thread's time slice ends (ns)
 

@@ -48,6 +48,7 @@ const (
 	vecWake     = 0x31 // IPI: look at the run queue
 	vecFlush    = 0x32 // IPI: flush the TLB (tlbShootdown)
 	vecTest     = 0x33 // IPI sent by tests; counted
+	vecXcall    = 0x34 // IPI: run the cross-CPU calls posted to this CPU (package xcall)
 	vecSpurious = 0xff
 )
 
@@ -65,11 +66,15 @@ func (c *CPU) armTimer() {
 	if c.current >= 0 && (next == 0 || c.sliceEnd < next) {
 		next = c.sliceEnd
 	}
+	now := nanotime()
+	if watchdog.limitNs != 0 && (next == 0 || next > now+watchdogTick) {
+		next = now + watchdogTick // the watchdog's measure of progress
+	}
 	if next == 0 {
 		lapic.OneShot(vecTimer, 0)
 		return
 	}
-	delta := next - nanotime()
+	delta := next - now
 	if delta < 2000 {
 		delta = 2000
 	}
@@ -154,6 +159,7 @@ func (c *CPU) yield(f *Frame) {
 // vectors 32-255 must stay interrupt gates (idt.Config.Check).
 func (c *CPU) timerInterrupt(f *Frame) {
 	lapic.EOI()
+	watchdogCheck(c, f)
 	klock.lock()
 	now := nanotime()
 	sched.WakeExpired(now)

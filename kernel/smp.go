@@ -2,6 +2,7 @@ package kernel
 
 import (
 	"sync/atomic"
+	"tracebed/xcall"
 	"unsafe"
 
 	"tracebed/acpi"
@@ -160,6 +161,7 @@ func apMain(c *CPU) {
 	}
 	lapic.Init(vecSpurious)
 	c.tlbSeen = atomic.LoadUint64(&tlbGen)
+	xcall.SetOnline(c.id, c.apicID)
 	atomic.StoreUint32(&c.online, 1)
 	f := (*Frame)(unsafe.Pointer(c.kstack - unsafe.Sizeof(Frame{})))
 	klock.lock()

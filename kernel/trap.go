@@ -2,6 +2,7 @@ package kernel
 
 import (
 	"tracebed/kernel/sched"
+	"tracebed/xcall"
 	"unsafe"
 
 	"tracebed/amd64"
@@ -31,6 +32,9 @@ func kernelEntry(f *Frame) {
 	case v == vecFlush:
 		drainTLB()
 		lapic.EOI()
+	case v == vecXcall:
+		lapic.EOI() // first: a call IPI sent while these calls run is taken after the IRET
+		xcall.Drain(c.id)
 	case v == idt.NMI:
 		c.nmi(f)
 	case v == vecSpurious:
@@ -43,14 +47,34 @@ func kernelEntry(f *Frame) {
 	trap.Exit(c.id)
 }
 
-// nmi gives an NMI (counted by trap.Enter) to a registered handler, if any. An NMI can arrive between a
-// #PF and its entry's read of CR2, and its handler may fault (a fault-safe read): CR2 is put
-// back as it was. Trap context.
+// nmi gives an NMI (counted by trap.Enter) to a registered handler, if any, and answers the
+// watchdog. An NMI can arrive between a #PF and its entry's read of CR2, and its handler may
+// fault (a fault-safe read): CR2 is put back as it was.
+//
+// NMIs never nest here: the CPU holds further NMIs until the IRET that ends one, but the IRET
+// of a fault taken inside the handler (a fault-safe read) lets them in early. Such an NMI is
+// latched (nmiLatched) and run after the one in progress, not inside it.
+//
+// Trap context.
 func (c *CPU) nmi(f *Frame) {
-	cr2 := amd64.ReadCR2()
-	trap.Dispatch(c.id, f)
-	if amd64.ReadCR2() != cr2 {
-		amd64.WriteCR2(cr2)
+	if c.inNMI {
+		c.nmiLatched = true
+		return
+	}
+	c.inNMI = true
+	for {
+		cr2 := amd64.ReadCR2()
+		trap.Dispatch(c.id, f)
+		watchdogSnapshot(c, f)
+		if amd64.ReadCR2() != cr2 {
+			amd64.WriteCR2(cr2)
+		}
+		c.inNMI = false
+		if !c.nmiLatched { // one arriving from here on runs on its own
+			return
+		}
+		c.nmiLatched = false
+		c.inNMI = true
 	}
 }
 
@@ -123,13 +147,37 @@ func fatalTrap(c *CPU, f *Frame) {
 	k.s("tracebed: fatal RBP ").hex(f.RBP).s(" R8 ").hex(f.R8).s(" R9 ").hex(f.R9).
 		s(" R10 ").hex(f.R10).s(" R11 ").hex(f.R11).s(" R12 ").hex(f.R12).out()
 	k.s("tracebed: fatal R13 ").hex(f.R13).s(" R14 ").hex(f.R14).s(" R15 ").hex(f.R15).out()
-	// Frame-pointer walk: Go keeps RBP chains on amd64, in goroutine stacks and in this CPU's
-	// kernel stacks alike (saveFrame leaves RBP as it was, so the walk goes on through nested
-	// entries into the code they interrupted). The host symbolizes these PCs too.
-	var pcs [17]uint64
-	n := 0
-	pcs[n], n = f.RIP, 1
-	bp := f.RBP
+	var pcs [maxFrames]uint64
+	n := c.walkStack(f.RIP, f.RBP, &pcs)
+	k.s("tracebed: fatal stack")
+	for _, pc := range pcs[:n] {
+		k.c(' ').hex(pc)
+	}
+	k.out()
+	// The same frames named from the kernel's own pclntab, for consoles no host reads.
+	tab := kernelTable()
+	for i, pc := range pcs[:n] {
+		if fn, file, line, found := tab.Lookup(frameLookup(i, pc)); found {
+			k.s("tracebed: fatal frame ").dec(int64(i)).c(' ').hex(pc).c(' ').s(fn).c(' ').s(file).
+				c(':').dec(int64(line)).out()
+		}
+	}
+	debugExit(ktest.ExitFatal)
+}
+
+// maxFrames bounds a reported stack.
+const maxFrames = 17
+
+// walkStack fills pcs with rip and the return addresses of the frame-pointer chain from rbp,
+// and returns how many it found. Go keeps RBP chains on amd64, in goroutine stacks and in this
+// CPU's kernel stacks alike (saveFrame leaves RBP as it was, so the walk goes on through nested
+// entries into the code they interrupted); every word is checked mapped before it is read.
+//
+// Trap context allowed.
+func (c *CPU) walkStack(rip, rbp uint64, pcs *[maxFrames]uint64) int {
+	pcs[0] = rip
+	n := 1
+	bp := rbp
 	for n < len(pcs) && (bp >= identityTop && bp < userTop || c.onStacks(bp)) && bp%8 == 0 {
 		if _, _, ok := kpt.lookup(bp); !ok {
 			break
@@ -141,24 +189,26 @@ func fatalTrap(c *CPU, f *Frame) {
 		n++
 		bp = *u64(bp)
 	}
-	k.s("tracebed: fatal stack")
-	for _, pc := range pcs[:n] {
-		k.c(' ').hex(pc)
-	}
-	k.out()
-	// The same frames named from the kernel's own pclntab, for consoles no host reads.
+	return n
+}
+
+// kernelTable is the kernel's own pclntab, to name frames with; a table that does not parse
+// is empty, and names nothing.
+//
+// Trap context allowed.
+func kernelTable() trap.Table {
 	lo, hi := pclntab()
-	// A table that does not parse is empty, and names nothing.
 	tab, _ := trap.NewTable(unsafe.Slice((*byte)(unsafe.Pointer(lo)), hi-lo), kernelStart())
-	for i, pc := range pcs[:n] {
-		look := uintptr(pc)
-		if i > 0 {
-			look-- // a return address: name the call before it
-		}
-		if fn, file, line, found := tab.Lookup(look); found {
-			k.s("tracebed: fatal frame ").dec(int64(i)).c(' ').hex(pc).c(' ').s(fn).c(' ').s(file).
-				c(':').dec(int64(line)).out()
-		}
+	return tab
+}
+
+// frameLookup is the address to name frame i by: the PC itself for the first, the call before
+// a return address for the others.
+//
+// Trap context allowed.
+func frameLookup(i int, pc uint64) uintptr {
+	if i > 0 {
+		return uintptr(pc) - 1
 	}
-	debugExit(ktest.ExitFatal)
+	return uintptr(pc)
 }

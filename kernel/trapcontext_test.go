@@ -17,10 +17,11 @@ import (
 )
 
 // moduleSource parses every Go file of the module's code under root once, with comments, and
-// returns the trap.Register handlers and the functions' doc comments, both by pclntab name
-// ("tracebed/pkg.Func", "tracebed/pkg.(*T).M", "tracebed/pkg.T.M"). A handler that is not a
-// named function is an error: the check could not find it.
-func moduleSource(t *testing.T, root string) (handlers []string, docs map[string]string) {
+// returns the trap.Register handlers, the xcall.Register functions and the functions' doc
+// comments, all by pclntab name ("tracebed/pkg.Func", "tracebed/pkg.(*T).M",
+// "tracebed/pkg.T.M"). A handler or function that is not a named function is an error: the
+// check could not find it.
+func moduleSource(t *testing.T, root string) (handlers, calls []string, docs map[string]string) {
 	docs = map[string]string{}
 	fset := token.NewFileSet()
 	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
@@ -40,25 +41,37 @@ func moduleSource(t *testing.T, root string) (handlers []string, docs map[string
 		}
 		ast.Inspect(f, func(n ast.Node) bool {
 			call, ok := n.(*ast.CallExpr)
-			if !ok || len(call.Args) != 2 {
+			if !ok || len(call.Args) == 0 {
 				return true
 			}
 			sel, ok := call.Fun.(*ast.SelectorExpr)
-			if !ok || sel.Sel.Name != "Register" || !isIdent(sel.X, "trap") {
+			if !ok || sel.Sel.Name != "Register" {
 				return true
 			}
-			if h, ok := call.Args[1].(*ast.Ident); ok {
-				handlers = append(handlers, pkg+"."+h.Name)
+			var to *[]string
+			switch {
+			case isIdent(sel.X, "trap") && len(call.Args) == 2:
+				to = &handlers
+			case isIdent(sel.X, "xcall") && len(call.Args) == 1:
+				to = &calls
+			default:
+				return true
+			}
+			if h, ok := call.Args[len(call.Args)-1].(*ast.Ident); ok && h.Obj != nil && h.Obj.Kind == ast.Var {
+				// A variable: putting back the handler an earlier Register returned, which was
+				// registered by name there.
+			} else if ok {
+				*to = append(*to, pkg+"."+h.Name)
 			} else {
-				t.Errorf("%s: trap.Register with a handler that is not a named function; name it so the check can find it",
-					fset.Position(call.Pos()))
+				t.Errorf("%s: %s.Register with a function that is not a named function; name it so the check can find it",
+					fset.Position(call.Pos()), sel.X)
 			}
 			return true
 		})
 		return nil
 	})
 	require.NoError(t, err)
-	return handlers, docs
+	return handlers, calls, docs
 }
 
 // funcName is a declaration's name as pclntab spells it within its package.
@@ -111,17 +124,18 @@ func TestTrapContextRules(t *testing.T) {
 	require.NotEmpty(t, roots)
 	dispatch := g.Lookup("tracebed/trap.Dispatch")
 	require.NotEmpty(t, dispatch)
-	handlers, docs := moduleSource(t, "..")
+	handlers, calls, docs := moduleSource(t, "..")
 	require.NotEmpty(t, handlers)
-	for _, h := range handlers {
-		is := g.Lookup(h)
-		require.NotEmpty(t, is, "registered handler %s not in the kernel's pclntab", h)
-		for _, d := range dispatch {
-			for _, i := range is {
-				g.AddEdge(d, i)
-			}
-		}
+	addEdges(t, g, dispatch, handlers)
+	// xcall runs its registered functions through a table too, from Drain (and, for a call to
+	// its own CPU, from Call and Broadcast).
+	var runners []int
+	for _, r := range []string{"Drain", "Call", "Broadcast"} {
+		is := g.Lookup("tracebed/xcall." + r)
+		require.NotEmpty(t, is, "xcall.%s not in the kernel's pclntab", r)
+		runners = append(runners, is...)
 	}
+	addEdges(t, g, runners, calls)
 	// The second indirect call: package linux calls the kernel through its Host interface,
 	// which the kernel implements with abiHost; every method is taken as called by Syscall.
 	syscall := g.Lookup("tracebed/kernel/linux.Syscall")
@@ -133,18 +147,10 @@ func TestTrapContextRules(t *testing.T) {
 		}
 	}
 	require.NotEmpty(t, hostMethods, "no linux.Host methods found on kernel.abiHost")
-	for _, m := range hostMethods {
-		is := g.Lookup(m)
-		require.NotEmpty(t, is, "linux.Host method %s not in the kernel's pclntab", m)
-		for _, s := range syscall {
-			for _, i := range is {
-				g.AddEdge(s, i)
-			}
-		}
-	}
+	addEdges(t, g, syscall, hostMethods)
 	reached := g.Reach(roots, bootOnly)
-	t.Logf("%d functions reachable from kernelEntry and %d registered handlers; %d undecodable bytes in the text",
-		len(reached), len(handlers), g.Undecodable)
+	t.Logf("%d functions reachable from kernelEntry, %d registered handlers and %d cross-CPU call functions; %d undecodable bytes in the text",
+		len(reached), len(handlers), len(calls), g.Undecodable)
 	for _, v := range g.Violations(reached) {
 		t.Errorf("trap context reaches %s: %s", v.Func, v.Path)
 	}
@@ -167,5 +173,20 @@ func TestTrapContextRules(t *testing.T) {
 	sort.Strings(unlabelled)
 	for _, n := range unlabelled {
 		t.Errorf("%s is reached from a trap entry but its doc comment names no context", n)
+	}
+}
+
+// addEdges records calls from every function in from to every function named in to, each of
+// which must be in the kernel.
+func addEdges(t *testing.T, g *callgraph.Graph, from []int, to []string) {
+	t.Helper()
+	for _, name := range to {
+		is := g.Lookup(name)
+		require.NotEmpty(t, is, "%s not in the kernel's pclntab", name)
+		for _, f := range from {
+			for _, i := range is {
+				g.AddEdge(f, i)
+			}
+		}
 	}
 }

@@ -129,7 +129,7 @@ func Run(cfg Config, live io.Writer) (*Report, error) {
 // complete KTAP log whose results are all ok: one without the other is a failure.
 func classify(hung bool, rep *Report) Outcome {
 	switch {
-	case hung:
+	case hung, rep.ExitCode == ktest.QEMUStatus(ktest.ExitHang):
 		return Hang
 	case rep.ExitCode == ktest.QEMUStatus(ktest.ExitPass):
 		if rep.KTAPError != nil || len(rep.Results) == 0 {

@@ -141,6 +141,8 @@ func ResetMaxDepth(cpu int) {
 }
 
 // Count is how often cpu entered through vector v (idt vector, or VecSyscall).
+//
+// Trap context allowed.
 func Count(cpu int, v int) uint64 { return atomic.LoadUint64(&percpu[cpu].counts[v]) }
 
 // NestedCount is how often vector v was entered on cpu while another trap was being handled.

@@ -13,10 +13,10 @@ import (
 )
 
 var all = []ktest.Suite{suites.Runtime, suites.SMP, suites.Traps, suites.Hang, suites.Fault, suites.FaultNil, suites.FaultConsole,
-	suites.FaultOverflow, suites.FaultGuard}
+	suites.FaultOverflow, suites.FaultGuard, suites.Xcall}
 
 // defaults run when the command line names no suite.
-var defaults = []string{"runtime", "smp", "traps"}
+var defaults = []string{"runtime", "smp", "traps", "xcall"}
 
 func main() {
 	var names []string

@@ -22,18 +22,24 @@ var knownParams = map[string]string{
 	"expect_cpus": "CPUs the smp suite must find online (the boot tests pass QEMU's -smp)",
 	"gc_seconds":  "seconds of guest time the smp suite's parallel GC case allocates (default 30)",
 	// Read by the kernel itself before the runtime starts (kernel/cmdline.go).
-	"acpidump":   "1: print every ACPI table the RSDT/XSDT lists, as hex, at boot",
-	"ap_stuck":   "N: send CPU N to a page that halts instead of the trampoline (tests the start-up bound)",
-	"idt":        "native (default), pvshim (the PV vectors enter through the Xen PV stubs via a shim) or xenpv (under Xen only)",
-	"idt.gate":   "V:trap|intr,...: gate type per vector, e.g. 3:trap lets interrupts nest in #BP handlers",
-	"idt.ist":    "V:N,...: IST slot (0-7, 0 for none) per vector",
-	"nopreempt":  "1: no timer preemption (a mutation: the runtime suite's preempt_spinning_thread must then fail)",
-	"stackguard": "0: leave the guard pages below the kernel's stacks mapped (a mutation: the fault_guard suite must then fail)",
+	"acpidump":      "1: print every ACPI table the RSDT/XSDT lists, as hex, at boot",
+	"ap_stuck":      "N: send CPU N to a page that halts instead of the trampoline (tests the start-up bound)",
+	"idt":           "native (default), pvshim (the PV vectors enter through the Xen PV stubs via a shim) or xenpv (under Xen only)",
+	"idt.gate":      "V:trap|intr,...: gate type per vector, e.g. 3:trap lets interrupts nest in #BP handlers",
+	"idt.ist":       "V:N,...: IST slot (0-7, 0 for none) per vector",
+	"nopreempt":     "1: no timer preemption (a mutation: the runtime suite's preempt_spinning_thread must then fail)",
+	"watchdog":      "0: no stuck-CPU watchdog; warn: report a stuck CPU and go on; 1 (default): report it and end the run as a hang",
+	"watchdog_ms":   "guest ms without a timer interrupt after which a CPU counts as stuck (default 1000)",
+	"xcall.mode":    "drain (default) or naive: waiters for a cross-CPU call do not run the calls sent to them (a mutation: the xcall suite's all-to-all storm must then hang)",
+	"xcall.drop":    "N: drop every Nth cross-CPU call IPI at its sender (the waiters re-send)",
+	"xcall_seconds": "seconds of guest time the xcall suite's all-to-all storm runs (default 10)",
+	"stackguard":    "0: leave the guard pages below the kernel's stacks mapped (a mutation: the fault_guard suite must then fail)",
 }
 
 // kernelNumbers are the parameters the kernel itself reads as decimal numbers, with their
 // largest meaningful value.
-var kernelNumbers = map[string]uint64{"acpidump": 1, "nopreempt": 1, "stackguard": 1, "ap_stuck": trap.MaxCPUs - 1}
+var kernelNumbers = map[string]uint64{"acpidump": 1, "nopreempt": 1, "stackguard": 1, "ap_stuck": trap.MaxCPUs - 1,
+	"watchdog_ms": 600_000, "xcall.drop": 1 << 20}
 
 // ParseCmdline parses words of the form key=value. Unknown keys, repeated keys, words without
 // '=', empty values and malformed numbers are errors, as are suites not in known.

@@ -8,6 +8,7 @@ const (
 	ExitPass  = 0x10 // every selected suite passed
 	ExitFail  = 0x11 // a case failed, or the command line was bad
 	ExitFatal = 0x12 // fatal trap, kernel panic, or a Go runtime crash
+	ExitHang  = 0x13 // the watchdog found a stuck CPU
 )
 
 // QEMUStatus is the process exit status QEMU reports for debug-exit value v.

@@ -1,0 +1,184 @@
+package kernel
+
+import (
+	"sync/atomic"
+
+	"tracebed/kernel/ktest"
+	"tracebed/kernel/sched"
+	"tracebed/trap"
+)
+
+// The stuck-CPU watchdog. A CPU's progress is the count of its timer interrupts (trap.Count),
+// and every online CPU takes one at least every watchdogTick, idle or not (armTimer caps its
+// timer). At each timer interrupt, before it takes klock (a stuck CPU may hold it), a CPU
+// looks at the others: one whose count has not moved for watchdog_ms of guest time (default
+// 1000) is stuck. The first CPU to see that claims the report: it sends every other CPU an
+// NMI, and each answers from its NMI handler by recording its registers, trap depth and
+// frame-pointer stack (watchdogSnapshot); the reporter waits a bounded time for the answers,
+// seizes the console (a CPU stuck holding its lock cannot block the report), prints every
+// CPU's state with the frames named from the kernel's own pclntab, then
+// "tracebed: cpu N stuck for M ms", and ends the run with the hang exit, which the host
+// reports as HANG. watchdog=warn reports and goes on; watchdog=0 turns it off.
+//
+// A CPU stuck with interrupts off is seen only from a CPU that still takes timer interrupts:
+// when every CPU is stuck (or there is only one), the host's timeout remains the last resort.
+
+const (
+	watchdogTick     = 100_000_000 // ns: the longest a CPU's timer is armed for
+	watchdogAnswerNs = 200_000_000 // how long the reporter waits for the NMI answers
+)
+
+var watchdog struct {
+	limitNs   int64 // 0: off
+	warn      bool
+	reporting atomic.Int32 // 1 + id of the CPU printing a report
+	seen      [MaxCPUs]atomic.Uint64
+	since     [MaxCPUs]atomic.Int64
+	snap      [MaxCPUs]cpuSnapshot
+}
+
+// cpuSnapshot is what a CPU recorded in its NMI handler for a report.
+type cpuSnapshot struct {
+	want, ready      atomic.Bool
+	rip, rsp, rflags uint64
+	depth            int32
+	tid              int32 // the thread it ran, 0 for none
+	n                int
+	pcs              [maxFrames]uint64
+}
+
+// initWatchdog reads watchdog= and watchdog_ms=; a bad value is fatal, in one line. Boot.
+func initWatchdog() {
+	watchdog.limitNs = 1000 * 1e6
+	if ms, ok := cmdlineInt("watchdog_ms"); ok && ms > 0 {
+		watchdog.limitNs = ms * 1e6
+	}
+	if v, ok := cmdlineValue("watchdog"); ok {
+		switch v {
+		case "0":
+			watchdog.limitNs = 0
+		case "1":
+		case "warn":
+			watchdog.warn = true
+		default:
+			var k kbuf
+			k.s("tracebed: fatal: watchdog must be 0, 1 or warn, not ").s(v).out()
+			debugExit(ktest.ExitFatal)
+		}
+	}
+}
+
+// watchdogCheck looks for a stuck CPU; called by every CPU from its timer interrupt, klock not
+// held. Trap context (an interrupt gate).
+func watchdogCheck(c *CPU, f *Frame) {
+	if watchdog.limitNs == 0 {
+		return
+	}
+	now := nanotime()
+	for i := 0; i < ncpuOnline; i++ {
+		if i == c.id {
+			continue
+		}
+		n := trap.Count(i, vecTimer)
+		if n != watchdog.seen[i].Load() || watchdog.since[i].Load() == 0 {
+			watchdog.seen[i].Store(n)
+			watchdog.since[i].Store(now)
+			continue
+		}
+		if d := now - watchdog.since[i].Load(); d > watchdog.limitNs {
+			watchdogReport(c, f, i, d)
+		}
+	}
+}
+
+// watchdogReport prints every CPU's state and ends the run (or, with watchdog=warn, goes on).
+// Trap context.
+func watchdogReport(c *CPU, f *Frame, stuck int, d int64) {
+	if !watchdog.reporting.CompareAndSwap(0, int32(c.id+1)) {
+		return // another CPU is reporting
+	}
+	for i := 0; i < ncpuOnline; i++ {
+		if i != c.id {
+			s := &watchdog.snap[i]
+			s.ready.Store(false)
+			s.want.Store(true)
+			lapic.NMI(cpus[i].apicID)
+		}
+	}
+	t0 := nanotime()
+	for i := 0; i < ncpuOnline; i++ {
+		for i != c.id && !watchdog.snap[i].ready.Load() && nanotime()-t0 < watchdogAnswerNs {
+			drainTLB()
+		}
+	}
+	held := true
+	if watchdog.warn {
+		held = consoleAcquire()
+	} else if !seizeConsole(c) {
+		leaveExitToReporter() // a fatal report has the console: it ends the run
+		debugExit(ktest.ExitHang)
+	}
+	var k kbuf
+	k.s("tracebed: watchdog: cpu ").dec(int64(stuck)).s(" made no progress for ").dec(d / 1e6).
+		s(" ms; every CPU's state:").out()
+	tab := kernelTable()
+	for i := 0; i < ncpuOnline; i++ {
+		s := &watchdog.snap[i]
+		if i == c.id {
+			s.record(c, f)
+		} else if !s.ready.Load() {
+			k.s("tracebed: watchdog cpu ").dec(int64(i)).s(": no answer to the NMI").out()
+			continue
+		}
+		k.s("tracebed: watchdog cpu ").dec(int64(i)).s(": RIP ").hex(s.rip).s(" RSP ").hex(s.rsp).
+			s(" IF ").dec(int64(s.rflags >> 9 & 1)).s(" trap depth ").dec(int64(s.depth))
+		if s.tid != 0 {
+			k.s(" thread ").dec(int64(s.tid))
+		}
+		if i == c.id {
+			k.s(" (reporting)")
+		}
+		k.out()
+		k.s("tracebed: watchdog cpu ").dec(int64(i)).s(" stack:")
+		for j, pc := range s.pcs[:s.n] {
+			if fn, _, _, found := tab.Lookup(frameLookup(j, pc)); found {
+				k.c(' ').s(fn)
+			} else {
+				k.c(' ').hex(pc)
+			}
+		}
+		k.out()
+	}
+	k.s("tracebed: cpu ").dec(int64(stuck)).s(" stuck for ").dec(d / 1e6).s(" ms").out()
+	if !watchdog.warn {
+		debugExit(ktest.ExitHang)
+	}
+	if held {
+		consoleRelease()
+	}
+	watchdog.since[stuck].Store(nanotime())
+	watchdog.reporting.Store(0)
+}
+
+// watchdogSnapshot answers a report's NMI: it records this CPU's interrupted state.
+//
+// Trap context (the NMI handler).
+func watchdogSnapshot(c *CPU, f *Frame) {
+	s := &watchdog.snap[c.id]
+	if s.want.Load() {
+		s.want.Store(false)
+		s.record(c, f)
+		s.ready.Store(true)
+	}
+}
+
+// record fills s from the state in f. Trap context allowed.
+func (s *cpuSnapshot) record(c *CPU, f *Frame) {
+	s.rip, s.rsp, s.rflags = f.RIP, f.RSP, f.RFLAGS
+	s.depth = trap.Depth(c.id)
+	s.tid = 0
+	if c.current >= 0 {
+		s.tid = sched.T(c.current).TID
+	}
+	s.n = c.walkStack(f.RIP, f.RBP, &s.pcs)
+}

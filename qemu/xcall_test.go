@@ -1,0 +1,108 @@
+package qemu_test
+
+import (
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"tracebed/kernel/ktest"
+	"tracebed/qemu"
+)
+
+// xcallCases are the xcall suite's cases; at fewer CPUs than a case needs, it is skipped.
+var xcallCases = []string{"unicast_each_cpu", "broadcast_all_cpus", "broadcast_with_interrupts_off",
+	"broadcast_from_bp_handler", "nested_call", "call_cpu_spinning_on_klock", "refused_in_nmi",
+	"all_to_all_storm"}
+
+// The xcall suite at each CPU count make test covers: every case passes (or, short of CPUs,
+// is skipped), and the storm's figures are logged.
+func TestXcallSuiteInQEMU(t *testing.T) {
+	for _, cpus := range []int{1, 2, 4, 8} {
+		t.Run(strconv.Itoa(cpus)+"cpus", func(t *testing.T) {
+			rep := boot(t, qemu.Config{SMP: cpus, Append: "suite=xcall xcall_seconds=5", Timeout: 5 * time.Minute})
+			require.Equal(t, qemu.Pass, rep.Outcome, "tail:\n%s", strings.Join(rep.Tail, "\n"))
+			require.Len(t, rep.Results, 1)
+			x := rep.Results[0]
+			for _, name := range xcallCases {
+				c := x.Find(name)
+				require.NotNil(t, c, name)
+				assert.True(t, c.OK, name)
+			}
+			storm := x.Find("all_to_all_storm")
+			if cpus == 1 {
+				assert.True(t, strings.HasPrefix(storm.Directive, "SKIP"), storm.Directive)
+				return
+			}
+			assert.Greater(t, diagFloat(t, storm, "calls"), 0.0)
+			t.Logf("%d cpus: %v", cpus, storm.Diags)
+		})
+	}
+}
+
+// Lost IPIs: with every third call IPI dropped at its sender, the storm still completes, every
+// call exactly once, and the waiters' resends are counted.
+func TestXcallSurvivesDroppedIPIs(t *testing.T) {
+	rep := boot(t, qemu.Config{SMP: 4, Append: "suite=xcall xcall_seconds=3 xcall.drop=3", Timeout: 5 * time.Minute})
+	require.Equal(t, qemu.Pass, rep.Outcome, "tail:\n%s", strings.Join(rep.Tail, "\n"))
+	storm := rep.Results[0].Find("all_to_all_storm")
+	require.NotNil(t, storm)
+	assert.Greater(t, diagFloat(t, storm, "ipis_dropped"), 0.0)
+	assert.Greater(t, diagFloat(t, storm, "resends"), 0.0)
+	t.Logf("%v", storm.Diags)
+}
+
+// watchdogStuck returns the stuck CPU and the time the watchdog reported, and checks the run
+// ended with the watchdog's hang exit (not the host's timeout) and a state line per CPU.
+func watchdogStuck(t *testing.T, rep *qemu.Report, cpus int) (cpu, ms int) {
+	t.Helper()
+	tail := strings.Join(rep.Tail, "\n")
+	require.Equal(t, qemu.Hang, rep.Outcome, "tail:\n%s", tail)
+	require.Equal(t, ktest.QEMUStatus(ktest.ExitHang), rep.ExitCode, "the watchdog ended the run, not the host:\n%s", tail)
+	for i := 0; i < cpus; i++ {
+		assert.Regexp(t, `tracebed: watchdog cpu `+strconv.Itoa(i)+`: RIP 0x[0-9a-f]+ RSP 0x[0-9a-f]+ IF [01] trap depth \d+`, tail)
+	}
+	m := regexp.MustCompile(`tracebed: cpu (\d+) stuck for (\d+) ms`).FindStringSubmatch(tail)
+	require.NotNil(t, m, tail)
+	cpu, _ = strconv.Atoi(m[1])
+	ms, _ = strconv.Atoi(m[2])
+	return cpu, ms
+}
+
+// The witness for draining: with xcall.mode=naive the storm's senders, each waiting with
+// interrupts off on another, deadlock; the watchdog reports it, naming the xcall wait on the
+// stuck CPUs, and the run ends as a hang.
+func TestXcallNaiveModeDeadlocks(t *testing.T) {
+	rep := boot(t, qemu.Config{SMP: 4, Append: "suite=xcall xcall_seconds=10 xcall.mode=naive", Timeout: 5 * time.Minute})
+	cpu, ms := watchdogStuck(t, rep, 4)
+	assert.NotZero(t, cpu, "cpu 0 is no sender")
+	assert.GreaterOrEqual(t, ms, 1000)
+	// Frames are named by the innermost function inlined at each PC: the wait loop (inlined
+	// into xcall.Call) or the PAUSE or RDTSC inside it, below the storm's #BP handler.
+	assert.Regexp(t, `tracebed: watchdog cpu `+strconv.Itoa(cpu)+` stack: (tracebed/amd64\.\w+ )?tracebed/xcall\.(wait|Call) .*tracebed/kernel/suites\.onStormBP`,
+		strings.Join(rep.Tail, "\n"))
+	// The log is cut by the hang; the cases before the storm passed.
+	tail := strings.Join(rep.Tail, "\n")
+	for i, name := range xcallCases[:len(xcallCases)-1] {
+		assert.Contains(t, tail, "    ok "+strconv.Itoa(i+1)+" "+name+"\n", "%s fails in naive mode too", name)
+	}
+}
+
+// A CPU spinning with interrupts off (suite=hang) is caught by the watchdog in about a second
+// of guest time, with its state; with watchdog=0 only the host's timeout ends the run.
+func TestHangIsCaughtByTheWatchdog(t *testing.T) {
+	rep := boot(t, qemu.Config{SMP: 2, Append: "suite=hang", Timeout: time.Minute})
+	assert.Contains(t, strings.Join(rep.Tail, "\n"), "hanging on purpose")
+	_, ms := watchdogStuck(t, rep, 2)
+	assert.GreaterOrEqual(t, ms, 1000)
+	assert.Less(t, ms, 2000)
+
+	rep = boot(t, qemu.Config{SMP: 2, Append: "suite=hang watchdog=0", Timeout: 15 * time.Second})
+	assert.Equal(t, qemu.Hang, rep.Outcome)
+	assert.NotEqual(t, ktest.QEMUStatus(ktest.ExitHang), rep.ExitCode, "watchdog=0 still reported")
+	assert.NotContains(t, strings.Join(rep.Tail, "\n"), "tracebed: watchdog")
+}
