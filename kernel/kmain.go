@@ -268,6 +268,7 @@ func startRuntime(c *CPU) {
 	initFX(&t.Frame)
 	f := (*Frame)(unsafe.Pointer(c.kstack - unsafe.Sizeof(Frame{})))
 	bootTime.runtime = nanotime()
+	watchdog.running.Store(true)
 	klock.lock()
 	c.resume(i, f)
 	c.armTimer()

@@ -20,7 +20,8 @@ import (
 // "tracebed: cpu N stuck for M ms", and ends the run with the hang exit, which the host
 // reports as HANG. watchdog=warn reports and goes on; watchdog=0 turns it off.
 //
-// A CPU stuck with interrupts off is seen only from a CPU that still takes timer interrupts:
+// The watchdog starts with the runtime: before, the boot CPU waits for the APs with interrupts
+// off for up to 2 s each, which is no hang. A CPU stuck with interrupts off is seen only from a CPU that still takes timer interrupts:
 // when every CPU is stuck (or there is only one), the host's timeout remains the last resort.
 
 const (
@@ -29,7 +30,8 @@ const (
 )
 
 var watchdog struct {
-	limitNs   int64 // 0: off
+	limitNs   int64       // 0: off
+	running   atomic.Bool // from the runtime's start: boot waits with interrupts off
 	warn      bool
 	reporting atomic.Int32 // 1 + id of the CPU printing a report
 	seen      [MaxCPUs]atomic.Uint64
@@ -71,7 +73,7 @@ func initWatchdog() {
 // watchdogCheck looks for a stuck CPU; called by every CPU from its timer interrupt, klock not
 // held. Trap context (an interrupt gate).
 func watchdogCheck(c *CPU, f *Frame) {
-	if watchdog.limitNs == 0 {
+	if watchdog.limitNs == 0 || !watchdog.running.Load() {
 		return
 	}
 	now := nanotime()
@@ -108,7 +110,7 @@ func watchdogReport(c *CPU, f *Frame, stuck int, d int64) {
 	t0 := nanotime()
 	for i := 0; i < ncpuOnline; i++ {
 		for i != c.id && !watchdog.snap[i].ready.Load() && nanotime()-t0 < watchdogAnswerNs {
-			drainTLB()
+			drainCalls()
 		}
 	}
 	held := true
