@@ -52,7 +52,7 @@ type CPUStats struct {
 	Idles        uint64
 	WakeIPIs     uint64 // received
 	WakeIPIsSent uint64
-	FlushIPIs    uint64
+	TLBFlushes   uint64 // run for other CPUs' shootdowns
 	Shootdowns   uint64
 	TestIPIs     uint64
 	NMIs         uint64
@@ -68,7 +68,7 @@ func CPUStat(i int) CPUStats {
 	return CPUStats{
 		APICID: c.apicID, StartNs: c.startNs, Ticks: trap.Count(i, vecTimer), Switches: c.switches,
 		Idles: c.idles, WakeIPIs: trap.Count(i, vecWake), WakeIPIsSent: c.wakeIPIsSent,
-		FlushIPIs: trap.Count(i, vecFlush), Shootdowns: c.shootdowns,
+		TLBFlushes: c.tlbFlushes, Shootdowns: c.shootdowns,
 		TestIPIs: trap.Count(i, vecTest), NMIs: trap.Count(i, idt.NMI),
 	}
 }

@@ -52,6 +52,9 @@ func kmain(startInfo uintptr) {
 	hypervisor, hvLeaf = amd64.DetectHypervisor()
 	parseIDTConfig()
 	noPreempt = cmdlineFlag("nopreempt")
+	if n, ok := cmdlineInt("tlbshootdown"); ok && n == 0 {
+		noShootdown = true
+	}
 	setupIDT()
 	loadIDT(c)
 	initMemory()

@@ -10,9 +10,9 @@ import (
 // SFMASK and interrupt gates clear IF), so a holder is never interrupted on its own CPU and a
 // spinlock is enough. Never taken in NMI context.
 //
-// A CPU spinning here has interrupts off and cannot take IPIs, so the wait loop does the work
-// other CPUs may be waiting on it for (drainTLB, and the cross-CPU calls sent to it:
-// drainCalls): a CPU holding a lock may then wait for, or call, all others without deadlock.
+// A CPU spinning here has interrupts off and cannot take IPIs, so the wait loop runs the
+// cross-CPU calls other CPUs may be waiting on it for (drainCalls; TLB shootdowns are such
+// calls): a CPU holding a lock may then call all others and wait for them without deadlock.
 type spinlock struct{ v uint32 }
 
 // Kernel context: interrupts off, so a holder is never preempted; never in NMI context.
@@ -23,7 +23,6 @@ func (l *spinlock) lock() {
 			atomic.AddUint32(&c.lockWait, 1)
 		}
 		for atomic.LoadUint32(&l.v) != 0 {
-			drainTLB()
 			if c != nil {
 				drainCalls()
 			}

@@ -43,7 +43,7 @@ func ptIndex(va uint64, level uint) uint64 { return (va >> (12 + 9*level)) & 511
 
 // entry returns the level-0 (4 KiB) entry for va, creating tables when create is set.
 //
-// Kernel context, klock held. (Or boot, before any other CPU runs.)
+// Kernel context, vmLock held. (Or boot, before any other CPU runs.)
 func (pt *pageTable) entry(va uint64, create bool) (*uint64, int) {
 	if !amd64.Canonical(va) {
 		return nil, ptNonCanonical
@@ -122,7 +122,7 @@ func (pt *pageTable) lookup(va uint64) (pa, flags uint64, ok bool) {
 // map the same frames with the same flags, so that one of them can be changed alone. The
 // caller flushes the TLB for the range.
 //
-// Kernel context, klock held (or boot, before any other CPU runs).
+// Kernel context, vmLock held (or boot, before any other CPU runs).
 func (pt *pageTable) splitHuge(va uint64) int {
 	if !amd64.Canonical(va) {
 		return ptNonCanonical

@@ -114,7 +114,6 @@ type CPU struct {
 	inNMI      bool   // running the NMI handler (cross-CPU calls are refused)
 	nmiLatched bool   // an NMI arrived while inNMI: run it when the handler ends
 	lockWait   uint32 // spinning for a kernel lock (InLockWait)
-	tlbSeen    uint64 // the last TLB flush generation this CPU performed
 	startNs    int64  // how long the AP took from INIT to online
 
 	sliceEnd int64 // when the running thread's time slice ends (ns)
@@ -125,6 +124,7 @@ type CPU struct {
 	idles        uint64 // halts in the idle loop
 	wakeIPIsSent uint64
 	shootdowns   uint64 // TLB shootdowns initiated
+	tlbFlushes   uint64 // TLB flushes run for other CPUs' shootdowns
 
 	g   [32]uintptr // the kernel g: stack.lo, stack.hi, stackguard0, stackguard1, zero rest
 	tls [2]uintptr  // tls[0] = &g; ktls = &tls[1]

@@ -6,7 +6,7 @@ const pageSize = 4096
 
 // frames is the physical page allocator: one bit per 4 KiB frame (1 = in use) over
 // [base, base+n*pageSize). Everything starts in use; the memory map releases RAM and the boot
-// code reserves what the kernel occupies. Callers serialise access with klock (the only kernel lock so far).
+// code reserves what the kernel occupies. Callers serialise access with vmLock.
 type frames struct {
 	base uint64
 	bits []uint64
@@ -76,7 +76,7 @@ func (f *frames) reserve(pa, size uint64) {
 
 // alloc takes one free frame and returns its physical address.
 //
-// Kernel context, klock held. (Or boot, before any other CPU runs.)
+// Kernel context, vmLock held. (Or boot, before any other CPU runs.)
 func (f *frames) alloc() (uint64, bool) {
 	words := (f.n + 63) / 64
 	for k := uint64(0); k < words; k++ {
@@ -99,7 +99,7 @@ func (f *frames) alloc() (uint64, bool) {
 
 // put returns a frame from alloc. It reports false for an address that is not a frame in use.
 //
-// Kernel context, klock held.
+// Kernel context, vmLock held.
 func (f *frames) put(pa uint64) bool {
 	if pa < f.base || pa%pageSize != 0 || (pa-f.base)/pageSize >= f.n {
 		return false

@@ -11,7 +11,8 @@ import (
 // Protocol. All scheduling state (package sched's threads and run queue, package linux's
 // futex waits and file descriptors) is guarded by one lock, klock, held by kernel code from
 // entry to exit; kernel code never sleeps holding it and runs with interrupts off, so it is a
-// spinlock.
+// spinlock. The address space has a lock of its own, vmLock (syscall.go), which the
+// address-space calls take instead; no code holds both.
 //
 //   - A kernel entry that keeps its thread (most syscalls, most interrupts) edits f in place.
 //   - A blocking syscall saves f in its Thread (sched.Block), then reschedule loads the next
@@ -46,7 +47,6 @@ var noPreempt bool
 const (
 	vecTimer    = 0x30
 	vecWake     = 0x31 // IPI: look at the run queue
-	vecFlush    = 0x32 // IPI: flush the TLB (tlbShootdown)
 	vecTest     = 0x33 // IPI sent by tests; counted
 	vecXcall    = 0x34 // IPI: run the cross-CPU calls posted to this CPU (package xcall)
 	vecSpurious = 0xff

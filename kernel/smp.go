@@ -28,15 +28,13 @@ const (
 	apStartTimeout = 2_000_000_000 // ns; a TCG vCPU thread on a busy host can take a while
 	initDelay      = 10_000_000    // ns between INIT and the first SIPI
 	sipiDelay      = 200_000       // ns between the two SIPIs
-	ackWarnAfter   = 1_000_000_000 // ns: a CPU this slow to acknowledge a TLB flush is reported
 )
 
 var (
 	acpiInfo   acpi.Info
 	acpiStatus acpi.Error
-	ncpuFound  int    // enabled CPUs the MADT lists (1 without ACPI)
-	ncpuOnline int    // CPUs running the scheduler: cpus[:ncpuOnline]
-	tlbGen     uint64 // TLB flush generation; a CPU has flushed when its tlbSeen reaches it
+	ncpuFound  int // enabled CPUs the MADT lists (1 without ACPI)
+	ncpuOnline int // CPUs running the scheduler: cpus[:ncpuOnline]
 )
 
 // physMemory reads the identity-mapped low 4 GiB for the ACPI parser.
@@ -160,7 +158,7 @@ func apMain(c *CPU) {
 		lapic.EnableX2APIC()
 	}
 	lapic.Init(vecSpurious)
-	c.tlbSeen = atomic.LoadUint64(&tlbGen)
+	amd64.WriteCR3(amd64.ReadCR3()) // shootdowns before it was online did not reach it
 	xcall.SetOnline(c.id, c.apicID)
 	atomic.StoreUint32(&c.online, 1)
 	f := (*Frame)(unsafe.Pointer(c.kstack - unsafe.Sizeof(Frame{})))
@@ -199,48 +197,34 @@ func kick(c, self *CPU) bool {
 }
 
 // tlbShootdown makes every other online CPU flush its TLB and waits until each has: called
-// with klock held after page-table entries were removed, before their frames can be reused.
-// A CPU spinning for klock (interrupts off) cannot take the IPI, so spinlock.lock drains
-// flush requests while it waits (drainTLB); every other CPU takes the IPI.
+// with vmLock held after page-table entries were removed, before their frames can be reused.
+// It is a cross-CPU call (xcall.Broadcast): idle and running CPUs take the call IPI, a CPU
+// spinning for klock or vmLock runs the flush from its lock wait, and one in a long stretch with
+// interrupts off (a console write) drains between chunks. A CPU that does none of these is
+// stuck, and the watchdog reports it.
 //
-// Kernel context, klock held.
+// Kernel context, vmLock held.
 func tlbShootdown() {
-	if ncpuOnline < 2 {
+	self := thisCPU()
+	self.shootdowns++
+	if ncpuOnline < 2 || noShootdown {
 		return
 	}
-	gen := atomic.AddUint64(&tlbGen, 1)
-	self := thisCPU()
-	amd64.WriteCR3(amd64.ReadCR3())
-	atomic.StoreUint64(&self.tlbSeen, gen)
-	self.shootdowns++
-	lapic.AllButSelf(vecFlush)
-	t0 := nanotime()
-	for i := 0; i < ncpuOnline; i++ {
-		c := &cpus[i]
-		warned := false
-		for atomic.LoadUint64(&c.tlbSeen) < gen {
-			amd64.Pause()
-			if !warned && nanotime()-t0 > ackWarnAfter {
-				warned = true
-				var k kbuf
-				k.s("tracebed: cpu ").dec(int64(c.id)).s(" has not acknowledged TLB flush ").
-					dec(int64(gen)).s(" after 1 s (interrupts off and not in a kernel lock?)").out()
-			}
-		}
-	}
+	others := (uint64(1)<<ncpuOnline - 1) &^ (1 << self.id)
+	xcall.Broadcast(self.id, others, tlbFlushCall, 0)
 }
 
-// drainTLB flushes this CPU's TLB if a shootdown is waiting for it. Safe anywhere once GS
-// is set up; a no-op before the first shootdown.
+// noShootdown (tlbshootdown=0 on the command line) leaves other CPUs' TLBs stale after munmap:
+// a mutation under which the xcall suite's tlb_shootdown_no_stale_reads must fail.
+var noShootdown bool
+
+// tlbFlushCall names flushTLB for cross-CPU calls (initXcall).
+var tlbFlushCall xcall.Func
+
+// flushTLB flushes this CPU's TLB, for another CPU's shootdown.
 //
-// Trap context allowed.
-func drainTLB() {
-	gen := atomic.LoadUint64(&tlbGen)
-	if gen == 0 {
-		return
-	}
-	if c := thisCPU(); atomic.LoadUint64(&c.tlbSeen) < gen {
-		amd64.WriteCR3(amd64.ReadCR3())
-		atomic.StoreUint64(&c.tlbSeen, gen)
-	}
+// Trap context (run by xcall).
+func flushTLB(uintptr) {
+	amd64.WriteCR3(amd64.ReadCR3())
+	thisCPU().tlbFlushes++
 }

@@ -14,11 +14,17 @@ import (
 // when it returns (the caller blocked or exited).
 //
 // Kernel context: the SYSCALL entry (IF=0, not nested); it takes klock for every call but
-// console writes.
+// console writes and the address-space calls, which take vmLock.
 func (c *CPU) syscall(f *Frame) {
 	linux.Count(f.RAX)
 	if linux.IsConsoleWrite(f) {
 		f.RAX = uint64(writeConsole(f.RSI, f.RDX))
+		return
+	}
+	if linux.IsMemoryCall(f.RAX) {
+		vmLock.lock()
+		linux.Syscall(c.current, f) // the address-space calls never block or switch
+		vmLock.unlock()
 		return
 	}
 	klock.lock()
@@ -41,6 +47,12 @@ func kickIdleCPUs() {
 	}
 }
 
+// vmLock guards the address space: the page tables' runtime part, the frame allocator, and
+// package linux's regions. The address-space calls take it instead of klock, so that zeroing a
+// large mapping (with interrupts off) holds up no other system call; nothing holds both. Its
+// waiters drain cross-CPU calls like klock's, so a TLB shootdown made under it completes.
+var vmLock spinlock
+
 // abiHost is the kernel as package linux sees it (linux.Host). Its methods run where
 // linux.Syscall does.
 type abiHost struct{}
@@ -56,16 +68,17 @@ func (*abiHost) WallBase() int64 { return wallBase }
 // OnlineCPUs is the number of CPUs running threads. Kernel context, klock held.
 func (*abiHost) OnlineCPUs() int { return ncpuOnline }
 
-// Commit maps [start, end), zero-filled. Kernel context, klock held.
+// Commit maps [start, end), zero-filled. Kernel context, vmLock held.
 func (*abiHost) Commit(start, end, prot uint64) bool { return commit(start, end, prot, false) }
 
-// MapMissing maps zero-filled pages where [start, end) has none. Kernel context, klock held.
+// MapMissing maps zero-filled pages where [start, end) has none. Kernel context, vmLock
+// held.
 func (*abiHost) MapMissing(start, end, prot uint64) bool { return commit(start, end, prot, true) }
 
-// Decommit unmaps [start, end). Kernel context, klock held.
+// Decommit unmaps [start, end). Kernel context, vmLock held.
 func (*abiHost) Decommit(start, end uint64) { decommit(start, end) }
 
-// ZeroMapped zeroes the mapped pages of [start, end). Kernel context, klock held.
+// ZeroMapped zeroes the mapped pages of [start, end). Kernel context, vmLock held.
 func (*abiHost) ZeroMapped(start, end uint64) {
 	kpt.walkMapped(start, end, func(e *uint64, va uint64) { zeroPage(*e & pteAddr) })
 }
@@ -117,7 +130,7 @@ func writeConsole(buf, n uint64) int64 {
 		if got < m {
 			break
 		}
-		drainTLB() // interrupts are off and this is no spin wait: serve shootdowns between chunks
+		drainCalls() // interrupts are off for the whole write: serve cross-CPU calls between chunks
 	}
 	if held {
 		consoleRelease()

@@ -29,9 +29,6 @@ func kernelEntry(f *Frame) {
 		c.timerInterrupt(f)
 	case v == vecWake, v == vecTest: // counted by trap.Enter
 		lapic.EOI()
-	case v == vecFlush:
-		drainTLB()
-		lapic.EOI()
 	case v == vecXcall:
 		lapic.EOI() // first: a call IPI sent while these calls run is taken after the IRET
 		xcall.Drain(c.id)

@@ -37,7 +37,7 @@ func zeroPage(pa uint64) { clear(table(pa)[:]) }
 // walkMapped calls fn for every mapped 4 KiB page in [start, end), skipping absent tables in
 // whole. fn gets the entry and the address.
 //
-// Kernel context, klock held. (Or boot, before any other CPU runs.)
+// Kernel context, vmLock held. (Or boot, before any other CPU runs.)
 func (pt *pageTable) walkMapped(start, end uint64, fn func(e *uint64, va uint64)) {
 	va := start
 	for va < end {
@@ -66,7 +66,7 @@ func (pt *pageTable) walkMapped(start, end uint64, fn func(e *uint64, va uint64)
 // commit makes [start, end) mapped, writable and zero-filled; when keep is set, pages already
 // mapped keep their contents and flags. false when memory ran out.
 //
-// Kernel context, klock held.
+// Kernel context, vmLock held.
 func commit(start, end, prot uint64, keep bool) bool {
 	fl := pageFlags(prot)
 	for va := start; va < end; va += pageSize {
@@ -93,10 +93,10 @@ func commit(start, end, prot uint64, keep bool) bool {
 }
 
 // decommit unmaps [start, end) and frees its frames. Other CPUs may still hold the old
-// translations in their TLBs, so they flush before klock is released and anyone can take the
+// translations in their TLBs, so they flush before vmLock is released and anyone can take the
 // frames again.
 //
-// Kernel context, klock held.
+// Kernel context, vmLock held.
 func decommit(start, end uint64) {
 	n := 0
 	kpt.walkMapped(start, end, func(e *uint64, va uint64) {

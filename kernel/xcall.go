@@ -37,6 +37,7 @@ func initXcall(c *CPU) {
 		xcall.SetDrop(uint64(n))
 	}
 	xcall.Init(&lapic, vecXcall, tscHz)
+	tlbFlushCall = xcall.Register(flushTLB) // at boot: no write barrier can be on yet
 	xcall.SetOnline(c.id, c.apicID)
 	xcallReady.Store(true)
 }

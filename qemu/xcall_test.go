@@ -16,7 +16,7 @@ import (
 
 // xcallCases are the xcall suite's cases; at fewer CPUs than a case needs, it is skipped.
 var xcallCases = []string{"unicast_each_cpu", "broadcast_all_cpus", "broadcast_with_interrupts_off",
-	"broadcast_from_bp_handler", "nested_call", "call_cpu_spinning_on_klock", "refused_in_nmi",
+	"broadcast_from_bp_handler", "nested_call", "call_cpu_spinning_on_klock", "refused_in_nmi", "tlb_shootdown_no_stale_reads",
 	"all_to_all_storm"}
 
 // The xcall suite at each CPU count make test covers: every case passes (or, short of CPUs,
@@ -105,4 +105,16 @@ func TestHangIsCaughtByTheWatchdog(t *testing.T) {
 	assert.Equal(t, qemu.Hang, rep.Outcome)
 	assert.NotEqual(t, ktest.QEMUStatus(ktest.ExitHang), rep.ExitCode, "watchdog=0 still reported")
 	assert.NotContains(t, strings.Join(rep.Tail, "\n"), "tracebed: watchdog")
+}
+
+// The witness for the shootdown: with tlbshootdown=0 the other CPUs keep their stale
+// translations, and reads after munmap go through them.
+func TestStaleReadsWithoutShootdown(t *testing.T) {
+	rep := boot(t, qemu.Config{SMP: 2, Append: "suite=xcall xcall_seconds=1 tlbshootdown=0", Timeout: 5 * time.Minute})
+	require.Equal(t, qemu.Fail, rep.Outcome, "tail:\n%s", strings.Join(rep.Tail, "\n"))
+	require.Len(t, rep.Results, 1)
+	c := rep.Results[0].Find("tlb_shootdown_no_stale_reads")
+	require.NotNil(t, c)
+	assert.False(t, c.OK)
+	assert.Greater(t, diagFloat(t, c, "stale_reads_after_munmap"), 0.0)
 }

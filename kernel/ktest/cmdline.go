@@ -28,6 +28,7 @@ var knownParams = map[string]string{
 	"idt.gate":      "V:trap|intr,...: gate type per vector, e.g. 3:trap lets interrupts nest in #BP handlers",
 	"idt.ist":       "V:N,...: IST slot (0-7, 0 for none) per vector",
 	"nopreempt":     "1: no timer preemption (a mutation: the runtime suite's preempt_spinning_thread must then fail)",
+	"tlbshootdown":  "0: munmap does not shoot down other CPUs' TLBs (a mutation: the xcall suite's tlb_shootdown_no_stale_reads must then fail)",
 	"watchdog":      "0: no stuck-CPU watchdog; warn: report a stuck CPU and go on; 1 (default): report it and end the run as a hang",
 	"watchdog_ms":   "guest ms without a timer interrupt after which a CPU counts as stuck (default 1000)",
 	"xcall.mode":    "drain (default) or naive: waiters for a cross-CPU call do not run the calls sent to them (a mutation: the xcall suite's all-to-all storm must then hang)",
@@ -38,7 +39,7 @@ var knownParams = map[string]string{
 
 // kernelNumbers are the parameters the kernel itself reads as decimal numbers, with their
 // largest meaningful value.
-var kernelNumbers = map[string]uint64{"acpidump": 1, "nopreempt": 1, "stackguard": 1, "ap_stuck": trap.MaxCPUs - 1,
+var kernelNumbers = map[string]uint64{"acpidump": 1, "nopreempt": 1, "stackguard": 1, "tlbshootdown": 1, "ap_stuck": trap.MaxCPUs - 1,
 	"watchdog_ms": 600_000, "xcall.drop": 1 << 20}
 
 // ParseCmdline parses words of the form key=value. Unknown keys, repeated keys, words without

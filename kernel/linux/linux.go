@@ -3,7 +3,8 @@
 // R10, R8, R9; number in RAX; result or -errno in RAX).
 //
 // Contract with the kernel. The kernel enters Syscall from its SYSCALL entry with klock held
-// (interrupts off, not nested), for the running thread (a package sched index), and acts on
+// (interrupts off, not nested) — or, for the address-space calls (IsMemoryCall), with its VM
+// lock held instead — for the running thread (a package sched index), and acts on
 // the Action it returns: resume the thread, load another (the thread blocked or exited), or
 // yield. Threads block and wake through package sched, whose kicks the kernel sends before it
 // releases klock. What only the kernel can do — its clock, the page tables, the end of the run,
@@ -85,6 +86,16 @@ func Count(nr uint64) {
 	if nr < maxSyscall {
 		atomic.AddUint64(&syscallCount[nr], 1) // every CPU counts here at once
 	}
+}
+
+// IsMemoryCall reports whether system call nr is one of the address-space calls (mmap, munmap,
+// madvise, mprotect). They touch nothing but the address space (the regions here, the pages
+// through Host), so the kernel runs them under its VM lock instead of klock: zeroing a large
+// mapping then holds up no other system call.
+//
+// Kernel context: the SYSCALL entry, before either lock.
+func IsMemoryCall(nr uint64) bool {
+	return nr == nrMmap || nr == nrMunmap || nr == nrMadvise || nr == nrMprotect
 }
 
 // IsConsoleWrite reports whether f is a write(2) to the console (fds 0–2, for good), which the

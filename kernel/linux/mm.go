@@ -6,7 +6,8 @@ package linux
 // an address. Which ranges are handed out is decided here (regions); the pages themselves are
 // the kernel's (Host.Commit and the rest), committed eagerly, so the kernel never takes a page
 // fault on runtime memory and a fault is always a bug. MADV_DONTNEED zeroes in place (the
-// runtime relies on zeroed pages after it).
+// runtime relies on zeroed pages after it). All of it runs under the kernel's VM lock, not
+// klock (IsMemoryCall): "klock held" below means that lock.
 
 const (
 	UserBase = 4 << 30          // the runtime's mappings lie in [UserBase, UserTop)

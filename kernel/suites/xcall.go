@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"tracebed/amd64"
 	"tracebed/idt"
@@ -31,6 +32,7 @@ var Xcall = ktest.Suite{Name: "xcall", Cases: []ktest.Case{
 	{Name: "nested_call", Run: xcNested},
 	{Name: "call_cpu_spinning_on_klock", Run: xcKlockSpinner},
 	{Name: "refused_in_nmi", Run: xcInNMI},
+	{Name: "tlb_shootdown_no_stale_reads", Run: xcNoStaleReads},
 	{Name: "all_to_all_storm", Run: xcStorm},
 }}
 
@@ -329,6 +331,80 @@ func xcInNMI(t *ktest.T) {
 	}
 	if xcNMI.err != xcall.ErrNMI {
 		t.Errorf("a call from the NMI handler: %v, want %v", xcNMI.err, xcall.ErrNMI)
+	}
+}
+
+// TLB shootdowns are cross-CPU calls: after munmap on CPU 0, a page every other CPU had just
+// read (so its TLB holds the translation) must fault there, read fault-safe. A stale
+// translation would read the freed frame instead.
+func xcNoStaleReads(t *ktest.T) {
+	const rounds = 50
+	n := kernel.OnlineCPUs()
+	if n < 2 {
+		t.Skip("needs 2 CPUs")
+		return
+	}
+	type probe struct {
+		addr  uintptr
+		fault chan bool // whether the read faulted
+	}
+	work := make([]chan probe, n)
+	var wg sync.WaitGroup
+	for cpu := 1; cpu < n; cpu++ {
+		work[cpu] = make(chan probe)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			defer kernel.UnpinCPU()
+			pinned := kernel.PinCPU(cpu)
+			for p := range work[cpu] {
+				_, f := trap.SafeLoad64(p.addr)
+				p.fault <- f.Failed() || !pinned
+			}
+		}()
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	defer kernel.UnpinCPU()
+	kernel.PinCPU(0)
+	var stale, cached int
+	reply := make(chan bool)
+	for r := 0; r < rounds; r++ {
+		m, err := syscall.Mmap(-1, 0, 4096, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANON)
+		if err != nil {
+			t.Fatalf("mmap: %v", err)
+		}
+		m[0] = byte(r)
+		addr := uintptr(unsafe.Pointer(&m[0]))
+		for cpu := 1; cpu < n; cpu++ { // every other CPU caches the translation
+			work[cpu] <- probe{addr, reply}
+			if !<-reply {
+				cached++
+			}
+		}
+		if err := syscall.Munmap(m); err != nil {
+			t.Fatalf("munmap: %v", err)
+		}
+		for cpu := 1; cpu < n; cpu++ {
+			work[cpu] <- probe{addr, reply}
+			if !<-reply {
+				stale++
+			}
+		}
+	}
+	for cpu := 1; cpu < n; cpu++ {
+		close(work[cpu])
+	}
+	wg.Wait()
+	t.Diag("reads_before_munmap", cached)
+	t.Diag("stale_reads_after_munmap", stale)
+	if cached != rounds*(n-1) {
+		t.Errorf("%d of %d reads of a mapped page faulted", rounds*(n-1)-cached, rounds*(n-1))
+	}
+	if stale != 0 {
+		t.Errorf("%d reads after munmap went through a stale translation", stale)
 	}
 }
 
