@@ -50,6 +50,28 @@ func reset(t *testing.T, n int) {
 	}
 }
 
+// drainers starts a goroutine draining each of cpus again and again, as the CPU's own waits
+// and IPIs would; stop ends them and returns when they have ended.
+func drainers(cpus ...int) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, cpu := range cpus {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-done:
+					return
+				default:
+					Drain(cpu)
+				}
+			}
+		}()
+	}
+	return func() { close(done); wg.Wait() }
+}
+
 // allToAll runs n CPUs that each call every other one rounds times, and reports whether they
 // all finished within limit.
 func allToAll(n, rounds int, limit time.Duration) bool {
@@ -153,27 +175,11 @@ func TestNaiveAllToAllDeadlocks(t *testing.T) {
 func TestConcurrentDrainsRunEachCallOnce(t *testing.T) {
 	reset(t, 2)
 	const calls = 20000
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for d := 0; d < 3; d++ { // three drains of CPU 1 at once
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-					Drain(1)
-				}
-			}
-		}()
-	}
+	stop := drainers(1, 1, 1) // three drains of CPU 1 at once
 	for i := 0; i < calls; i++ {
 		require.Equal(t, OK, Call(0, 1, countFn, 0<<8|1))
 	}
-	close(stop)
-	wg.Wait()
+	stop()
 	assert.Equal(t, uint64(calls), ran[0][1].Load())
 	assert.Equal(t, uint64(calls), CPUStats(1).Ran)
 }
@@ -181,29 +187,13 @@ func TestConcurrentDrainsRunEachCallOnce(t *testing.T) {
 // A called function may call a third CPU; the target runs on its own CPU number.
 func TestNestedCall(t *testing.T) {
 	reset(t, 3)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for _, cpu := range []int{1, 2} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-					Drain(cpu)
-				}
-			}
-		}()
-	}
+	stop := drainers(1, 2)
 	require.Equal(t, OK, Call(0, 1, nestedFn, 1<<8|2))
 	assert.Equal(t, uint64(1), ran[1][2].Load(), "CPU 1, inside the call from 0, called 2")
 	assert.Equal(t, int64(2), where.Load())
 	ran1, ran2 := CPUStats(1).Ran, CPUStats(2).Ran
 	require.Equal(t, OK, Broadcast(0, 0b111, countFn, 0<<8|0))
-	close(stop)
-	wg.Wait()
+	stop()
 	assert.Equal(t, uint64(3), ran[0][0].Load(), "once on each CPU of the set, this one included")
 	assert.Equal(t, ran1+1, CPUStats(1).Ran)
 	assert.Equal(t, ran2+1, CPUStats(2).Ran)

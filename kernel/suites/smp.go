@@ -213,24 +213,12 @@ func countPerCPU(g int, d time.Duration, chunk func(i int)) []uint64 {
 func countPinned(d time.Duration, chunk func()) []uint64 {
 	counts := make([]uint64, kernel.OnlineCPUs())
 	deadline := time.Now().Add(d)
-	var wg sync.WaitGroup
-	for cpu := range counts {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			runtime.LockOSThread()
-			defer runtime.UnlockOSThread()
-			defer kernel.UnpinCPU()
-			if !kernel.PinCPU(cpu) {
-				return // counted as none: reportPerCPU fails the case
-			}
-			for time.Now().Before(deadline) {
-				chunk()
-				counts[cpu]++
-			}
-		}()
-	}
-	wg.Wait()
+	onCPUs(0, len(counts), func(cpu int, pinned bool) {
+		for pinned && time.Now().Before(deadline) { // not pinned: none, and reportPerCPU fails the case
+			chunk()
+			counts[cpu]++
+		}
+	})
 	return counts
 }
 

@@ -676,81 +676,72 @@ func caseSafeLoads(t *ktest.T) {
 	for i := range recoveredBefore {
 		recoveredBefore[i] = trap.CPUStats(i).Recovered
 	}
-	var wg sync.WaitGroup
 	start := time.Now()
-	for cpu := 0; cpu < n; cpu++ {
-		wg.Add(1)
-		go func(cpu int) {
-			defer wg.Done()
-			runtime.LockOSThread()
-			defer runtime.UnlockOSThread()
-			defer kernel.UnpinCPU()
-			res := &results[cpu]
-			if !kernel.PinCPU(cpu) {
-				res.wrong++
-				res.first = "cannot pin"
-				return
+	onCPUs(0, n, func(cpu int, pinned bool) {
+		res := &results[cpu]
+		if !pinned {
+			res.wrong++
+			res.first = "cannot pin"
+			return
+		}
+		r := rand.New(rand.NewSource(t.Seed*1000 + int64(cpu)))
+		bad := func(format string, args ...any) {
+			res.wrong++
+			if res.first == "" {
+				res.first = fmt.Sprintf(format, args...)
 			}
-			r := rand.New(rand.NewSource(t.Seed*1000 + int64(cpu)))
-			bad := func(format string, args ...any) {
-				res.wrong++
-				if res.first == "" {
-					res.first = fmt.Sprintf(format, args...)
-				}
+		}
+		for i := cpu; i < total; i += n {
+			size := 1 << r.Intn(4)
+			var addr uintptr
+			class := r.Intn(5)
+			switch class {
+			case 0: // kernel text: mapped for good, never written
+				addr = imgLo + uintptr(r.Int63n(int64(imgHi-imgLo-8)))
+			case 1: // a heap object the test holds
+				addr = uintptr(unsafe.Pointer(&heap[0])) + uintptr(r.Intn(len(heap)-8))
+			case 2: // the upper canonical half: never mapped
+				addr = kernel.UnmappedBase + uintptr(r.Int63n(1<<47-8))
+			case 3:
+				addr = nonCanonical(r)
+			case 4: // anything at all
+				addr = uintptr(r.Uint64())
 			}
-			for i := cpu; i < total; i += n {
-				size := 1 << r.Intn(4)
-				var addr uintptr
-				class := r.Intn(5)
-				switch class {
-				case 0: // kernel text: mapped for good, never written
-					addr = imgLo + uintptr(r.Int63n(int64(imgHi-imgLo-8)))
-				case 1: // a heap object the test holds
-					addr = uintptr(unsafe.Pointer(&heap[0])) + uintptr(r.Intn(len(heap)-8))
-				case 2: // the upper canonical half: never mapped
-					addr = kernel.UnmappedBase + uintptr(r.Int63n(1<<47-8))
-				case 3:
-					addr = nonCanonical(r)
-				case 4: // anything at all
-					addr = uintptr(r.Uint64())
+			v, f := safeLoad(addr, size)
+			switch {
+			case f.Vector == idt.PageFault:
+				res.pf++
+			case f.Vector == idt.GeneralProtection:
+				res.gp++
+			case !f.Failed():
+				res.ok++
+			default:
+				bad("%#x: vector %d", addr, f.Vector)
+				continue
+			}
+			canonical := amd64.Canonical(uint64(addr))
+			switch class {
+			case 0, 1:
+				if f.Failed() || v != direct(addr, size) {
+					bad("%#x (mapped, %d bytes): %v value %#x, direct %#x", addr, size, f, v, direct(addr, size))
 				}
-				v, f := safeLoad(addr, size)
-				switch {
-				case f.Vector == idt.PageFault:
-					res.pf++
-				case f.Vector == idt.GeneralProtection:
-					res.gp++
-				case !f.Failed():
-					res.ok++
-				default:
-					bad("%#x: vector %d", addr, f.Vector)
-					continue
+			case 2:
+				if f.Vector != idt.PageFault || f.Addr < addr || f.Addr >= addr+uintptr(size) {
+					bad("%#x (unmapped): %+v, want #PF inside the access", addr, f)
 				}
-				canonical := amd64.Canonical(uint64(addr))
-				switch class {
-				case 0, 1:
-					if f.Failed() || v != direct(addr, size) {
-						bad("%#x (mapped, %d bytes): %v value %#x, direct %#x", addr, size, f, v, direct(addr, size))
-					}
-				case 2:
-					if f.Vector != idt.PageFault || f.Addr < addr || f.Addr >= addr+uintptr(size) {
-						bad("%#x (unmapped): %+v, want #PF inside the access", addr, f)
-					}
-				case 3:
-					if f.Vector != idt.GeneralProtection || f.Addr != addr {
-						bad("%#x (non-canonical): %+v, want #GP", addr, f)
-					}
-				case 4:
-					last := addr + uintptr(size) - 1
-					if !canonical && f.Vector != idt.GeneralProtection ||
-						canonical && f.Vector == idt.GeneralProtection && amd64.Canonical(uint64(last)) {
-						bad("%#x (random): %+v", addr, f)
-					}
+			case 3:
+				if f.Vector != idt.GeneralProtection || f.Addr != addr {
+					bad("%#x (non-canonical): %+v, want #GP", addr, f)
+				}
+			case 4:
+				last := addr + uintptr(size) - 1
+				if !canonical && f.Vector != idt.GeneralProtection ||
+					canonical && f.Vector == idt.GeneralProtection && amd64.Canonical(uint64(last)) {
+					bad("%#x (random): %+v", addr, f)
 				}
 			}
-		}(cpu)
-	}
-	wg.Wait()
+		}
+	})
 	elapsed := time.Since(start)
 	var ok, pf, gp, wrong int
 	var perCPU []string

@@ -349,22 +349,19 @@ func xcNoStaleReads(t *ktest.T) {
 		fault chan bool // whether the read faulted
 	}
 	work := make([]chan probe, n)
-	var wg sync.WaitGroup
 	for cpu := 1; cpu < n; cpu++ {
 		work[cpu] = make(chan probe)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			runtime.LockOSThread()
-			defer runtime.UnlockOSThread()
-			defer kernel.UnpinCPU()
-			pinned := kernel.PinCPU(cpu)
+	}
+	workers := make(chan struct{})
+	go func() {
+		onCPUs(1, n, func(cpu int, pinned bool) {
 			for p := range work[cpu] {
 				_, f := trap.SafeLoad64(p.addr)
 				p.fault <- f.Failed() || !pinned
 			}
-		}()
-	}
+		})
+		close(workers)
+	}()
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	defer kernel.UnpinCPU()
@@ -397,7 +394,7 @@ func xcNoStaleReads(t *ktest.T) {
 	for cpu := 1; cpu < n; cpu++ {
 		close(work[cpu])
 	}
-	wg.Wait()
+	<-workers
 	t.Diag("reads_before_munmap", cached)
 	t.Diag("stale_reads_after_munmap", stale)
 	if cached != rounds*(n-1) {
@@ -444,26 +441,17 @@ func xcStorm(t *ktest.T) {
 	defer trap.Register(idt.Breakpoint, prev)
 	deadline := kernel.Nanotime() + secs*int64(time.Second)
 	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for self := first; self < n; self++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			runtime.LockOSThread()
-			defer runtime.UnlockOSThread()
-			defer kernel.UnpinCPU()
-			if !kernel.PinCPU(self) {
-				errs[self] = fmt.Errorf("cannot pin to cpu %d", self)
-				return
-			}
-			storm.armed[self].Store(true)
-			for kernel.Nanotime() < deadline && storm.err[self].Load() == 0 {
-				int3Site() // one round, in the #BP handler
-			}
-			storm.armed[self].Store(false)
-		}()
-	}
-	wg.Wait()
+	onCPUs(first, n, func(self int, pinned bool) {
+		if !pinned {
+			errs[self] = fmt.Errorf("cannot pin to cpu %d", self)
+			return
+		}
+		storm.armed[self].Store(true)
+		for kernel.Nanotime() < deadline && storm.err[self].Load() == 0 {
+			int3Site() // one round, in the #BP handler
+		}
+		storm.armed[self].Store(false)
+	})
 	var total uint64
 	var all []int64
 	for self := first; self < n; self++ {
