@@ -1,7 +1,8 @@
 // Package xcall makes synchronous cross-CPU calls: Call runs a function on another CPU and
 // returns once it has run there, Broadcast does the same on a set of CPUs. Both are safe with
-// interrupts disabled, from trap handlers at any nesting depth, and from inside a called
-// function, because every CPU that waits keeps running the calls sent to it ("draining").
+// interrupts disabled, from trap handlers (#BP, #DB; not NMI) at any nesting depth, and from
+// inside a called function, because every CPU that waits keeps running the calls sent to it
+// ("draining").
 //
 // The problem. CPU A calls B with interrupts off and spins until B has run the call; B, also
 // with interrupts off, is spinning on a call to A. Neither takes the other's IPI, so neither
@@ -30,9 +31,11 @@
 // call: a waiter that has waited ResendAfter re-sends the IPI and counts it.
 //
 // A call may itself call other CPUs (nested): it posts from its CPU's own row of the matrix,
-// and its drains skip the call being run (already taken). Calls are not allowed in NMI context
-// (the kernel refuses them with ErrNMI): an NMI can interrupt a drain between its claim and
-// its run, and the NMI's own wait would then wait on itself.
+// and its drains skip the call being run (already taken). Posting is not reentrant on one CPU:
+// a trap taken between the free check and the increment of seq whose handler posts to the
+// same target would overwrite the function and argument. So calls are refused in NMI context
+// (the kernel returns ErrNMI), and this package must never be probed or single-stepped (FBT
+// counts it as toxic); #BP and #DB handlers may call, from code outside it.
 //
 // Naive mode (SetNaive) turns draining off in the waits: kept only to show the deadlock.
 //
@@ -67,6 +70,7 @@ const (
 	ErrFunc        // the function was never registered
 )
 
+// Error says why. Trap context allowed.
 func (e Error) Error() string {
 	switch e {
 	case ErrNMI:
@@ -139,8 +143,8 @@ func SetOnline(cpu int, apicID uint32) {
 // SetNaive turns draining in the waits off (true) or on. Boot, or a test before any call.
 func SetNaive(on bool) { naive.Store(on) }
 
-// SetDrop makes each sender drop every nth IPI it would send (0: none), to show that a lost
-// IPI costs a resend, not the call. Boot, or a test before any call.
+// SetDrop makes each sender drop every nth IPI it would send for a new call (0: none; resends
+// are never dropped), to show that a lost IPI costs a resend, not the call. Boot, or a test before any call.
 func SetDrop(n uint64) { dropN.Store(n) }
 
 // Register adds fn to the functions calls can name. Goroutine code (it stores a pointer), once
@@ -218,17 +222,16 @@ func check(to int, f Func) Error {
 // Trap context allowed.
 func post(self, to int, f Func, arg uintptr) uint64 {
 	m := &mail[self][to]
-	for m.done.Load() != m.seq.Load() {
-		if !naive.Load() {
-			Drain(self)
-		}
-		amd64.Pause()
+	if n := m.seq.Load(); m.done.Load() != n {
+		// A nested call to a target whose earlier call from this CPU is still running (or
+		// whose IPI was lost): wait for it as its caller does, resending.
+		wait(self, to, n)
 	}
 	m.fn.Store(uint32(f))
 	m.arg.Store(arg)
 	n := m.seq.Add(1)
 	cpus[self].Posted++
-	send(self, to)
+	send(self, to, false)
 	return n
 }
 
@@ -246,18 +249,19 @@ func wait(self, to int, n uint64) {
 		amd64.Pause()
 		if amd64.RDTSC()-t0 > ResendAfter*tscPerUs {
 			cpus[self].Resends++
-			send(self, to)
+			send(self, to, true)
 			t0 = amd64.RDTSC()
 		}
 	}
 }
 
-// send sends the call IPI to CPU to, unless injection drops it.
+// send sends the call IPI to CPU to, unless injection drops it (a first send, never a
+// resend: with every IPI dropped nothing would ever arrive).
 //
 // Trap context allowed.
-func send(self, to int) {
+func send(self, to int, resend bool) {
 	s := &cpus[self]
-	if d := dropN.Load(); d != 0 && (s.IPIs+s.Dropped+1)%d == 0 {
+	if d := dropN.Load(); d != 0 && !resend && s.Posted%d == 0 { // the call's number, counted by post
 		s.Dropped++
 		return
 	}
