@@ -86,6 +86,33 @@ func seizeConsole(c *CPU) bool {
 	return consoleOwner.CompareAndSwap(0, int32(c.id+1)) || consoleMine()
 }
 
+// borrowConsole gives c's watchdog=warn report the console for a while: as seizeConsole, a
+// bounded wait for consoleLock and then the console anyway, but given back (returnConsole)
+// when the report is done, so the run goes on. ok is false if another CPU's report holds it.
+//
+// Trap context allowed.
+func borrowConsole(c *CPU) (locked, ok bool) {
+	for i := 0; i < seizeSpins && !locked; i++ {
+		locked = consoleLock.tryLock()
+		amd64.Pause()
+	}
+	if !consoleOwner.CompareAndSwap(0, int32(c.id+1)) {
+		if locked {
+			consoleLock.unlock()
+		}
+		return false, false
+	}
+	return locked, true
+}
+
+// returnConsole ends a borrowConsole. Trap context allowed.
+func returnConsole(c *CPU, locked bool) {
+	consoleOwner.CompareAndSwap(int32(c.id+1), 0)
+	if locked {
+		consoleLock.unlock()
+	}
+}
+
 // loserSpins bounds how long a CPU whose fatal report lost the console waits for the winner's
 // report to end the run: 2^24 PAUSEs, about 0.7 s on hardware (a report takes about 0.13 s at
 // 115200 baud) and 11 s under TCG. Then it exits itself, in case the winner is stuck.
@@ -186,6 +213,9 @@ func (k *kbuf) dec(v int64) *kbuf {
 // Kernel context (it takes the console through consoleWrite); in trap context only after
 // seizeConsole, as fatalTrap does.
 func (k *kbuf) out() {
+	if k.n == len(k.b) {
+		k.n-- // a full line is cut by one byte, never run into the next
+	}
 	k.c('\n')
 	consoleWrite(k.b[:k.n])
 	k.n = 0

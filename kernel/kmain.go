@@ -38,7 +38,10 @@ func kmain(startInfo uintptr) {
 	com1.Init()
 	var k kbuf
 	k.s("tracebed: PVH entry, start_info at ").hex(uint64(startInfo)).out()
-	if r := parseStartInfo(uint64(startInfo), &boot); r != startInfoOK {
+	if r := parseStartInfo(uint64(startInfo), &boot); r == startInfoLongCmdline {
+		k.s("tracebed: fatal: the command line is longer than ").dec(maxCmdline - 1).s(" bytes").out()
+		debugExit(ktest.ExitFatal)
+	} else if r != startInfoOK {
 		k.s("tracebed: fatal: bad hvm_start_info (").dec(int64(r)).s("): boot through PVH").out()
 		debugExit(ktest.ExitFatal)
 	}

@@ -25,6 +25,9 @@ func (l *spinlock) lock() {
 		for atomic.LoadUint32(&l.v) != 0 {
 			if c != nil {
 				drainCalls()
+				if l != &consoleLock { // the report prints: it must not wait for itself
+					watchdogPoll(c)
+				}
 			}
 			amd64.Pause()
 		}

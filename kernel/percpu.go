@@ -31,12 +31,17 @@ const MaxCPUs = trap.MaxCPUs
 // Every stack starts on a page boundary above an unmapped guard page, so that code overflowing
 // it faults instead of writing into its neighbour. The kernel stack's lowest kstackReserve
 // bytes are a second, software guard: Go's stack check (the kernel g's stackguard0) stops Go
-// code above them, and an entry whose interrupted RSP lies below them is not nested further
-// (commonEntry builds it where the CPU delivered it) but reported as a stack overflow.
+// code above them (NOSPLIT chains and small frames may still go up to about 928 bytes below),
+// and an entry whose interrupted RSP lies below the lowest kentryReserve bytes — below
+// anything Go code reaches legitimately — is not nested further (commonEntry builds it where
+// the CPU delivered it) but reported as a stack overflow. Between the two limits an entry
+// nests, and its handler's first Go call faults in morestack; that fault's entry lies lower,
+// and so on until one is below the entry limit: the report says overflow either way.
 const (
 	guardBytes    = pageSize
 	kstackBytes   = 96 << 10
 	kstackReserve = 4 << 10
+	kentryReserve = 1 << 10
 	istBytes      = 8 << 10
 	dfBytes       = 16 << 10 // the double fault's handler runs on its IST stack
 )
@@ -55,6 +60,10 @@ type istStack struct {
 	guard [guardBytes]byte
 	stack [istBytes]byte
 }
+
+// A cpuStacks is a whole number of pages, so that every guard page is one (unmapStackGuards
+// unmaps them by page): this fails to compile otherwise.
+var _ [0]struct{} = [unsafe.Sizeof(cpuStacks{}) % pageSize]struct{}{}
 
 // stackMem holds every CPU's cpuStacks, from its first page boundary on (stackRegion).
 var stackMem [MaxCPUs*unsafe.Sizeof(cpuStacks{}) + pageSize]byte
@@ -103,7 +112,7 @@ type CPU struct {
 	ktls    uintptr // CPU_KTLS: FS base while in the kernel
 	stkLo   uintptr // CPU_STKLO, CPU_STKHI: this CPU's stack region (kernel and IST stacks)
 	stkHi   uintptr
-	kstkMin uintptr // CPU_KSTKMIN: below this, the kernel stack has overflowed
+	kstkMin uintptr // CPU_KSTKMIN: an entry from below this finds the kernel stack overflowed
 
 	id         int
 	apicID     uint32
@@ -114,7 +123,9 @@ type CPU struct {
 	inNMI      bool   // running the NMI handler (cross-CPU calls are refused)
 	nmiLatched bool   // an NMI arrived while inNMI: run it when the handler ends
 	lockWait   uint32 // spinning for a kernel lock (InLockWait)
-	startNs    int64  // how long the AP took from INIT to online
+
+	watchdogPolled int64 // when a lock wait of this CPU last looked for stuck CPUs (ns)
+	startNs        int64 // how long the AP took from INIT to online
 
 	sliceEnd int64 // when the running thread's time slice ends (ns)
 
@@ -152,11 +163,11 @@ func initCPU(i int, apicID uint32) *CPU {
 	c.kstack = top(s.kstack[:])
 	c.stkLo = uintptr(unsafe.Pointer(s))
 	c.stkHi = c.stkLo + unsafe.Sizeof(*s)
-	c.kstkMin = uintptr(unsafe.Pointer(&s.kstack[0])) + kstackReserve
+	c.kstkMin = uintptr(unsafe.Pointer(&s.kstack[0])) + kentryReserve
 	c.g[0] = uintptr(unsafe.Pointer(&s.kstack[0]))
 	c.g[1] = c.stkHi
-	c.g[2] = c.kstkMin
-	c.g[3] = c.kstkMin
+	c.g[2] = c.g[0] + kstackReserve
+	c.g[3] = c.g[2]
 	c.tls[0] = uintptr(unsafe.Pointer(&c.g[0]))
 	c.ktls = uintptr(unsafe.Pointer(&c.tls[1]))
 	for n := 1; n <= idt.NumIST; n++ {

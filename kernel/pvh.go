@@ -43,6 +43,7 @@ const (
 	startInfoOK = iota
 	startInfoBadMagic
 	startInfoNoMemmap
+	startInfoLongCmdline // longer than maxCmdline-1 bytes: cut, it would be misread
 )
 
 func peek32(p uint64) uint32 { return *(*uint32)(unsafe.Pointer(uintptr(p))) }
@@ -58,10 +59,13 @@ func parseStartInfo(p uint64, bi *bootInfo) int {
 	bi.rsdp = peek64(p + 32)
 	bi.cmdlen = 0
 	if cl := peek64(p + 24); cl != 0 {
-		for bi.cmdlen < maxCmdline-1 {
+		for {
 			c := peek8(cl + uint64(bi.cmdlen))
 			if c == 0 {
 				break
+			}
+			if bi.cmdlen == maxCmdline-1 {
+				return startInfoLongCmdline
 			}
 			bi.cmdline[bi.cmdlen] = c
 			bi.cmdlen++

@@ -123,6 +123,7 @@ func (c *CPU) reschedule(f *Frame) {
 			return
 		}
 		c.armTimer()
+		kickIdleCPUs() // a yield's or an expired deadline's kick, before this CPU halts
 		c.idling = true
 		klock.unlock()
 		c.idles++

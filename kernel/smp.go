@@ -158,7 +158,6 @@ func apMain(c *CPU) {
 		lapic.EnableX2APIC()
 	}
 	lapic.Init(vecSpurious)
-	amd64.WriteCR3(amd64.ReadCR3()) // shootdowns before it was online did not reach it
 	xcall.SetOnline(c.id, c.apicID)
 	atomic.StoreUint32(&c.online, 1)
 	f := (*Frame)(unsafe.Pointer(c.kstack - unsafe.Sizeof(Frame{})))
@@ -206,12 +205,16 @@ func kick(c, self *CPU) bool {
 // Kernel context, vmLock held.
 func tlbShootdown() {
 	self := thisCPU()
-	self.shootdowns++
 	if ncpuOnline < 2 || noShootdown {
 		return
 	}
+	self.shootdowns++
 	others := (uint64(1)<<ncpuOnline - 1) &^ (1 << self.id)
-	xcall.Broadcast(self.id, others, tlbFlushCall, 0)
+	if e := xcall.Broadcast(self.id, others, tlbFlushCall, 0); e != xcall.OK {
+		var k kbuf // cannot happen: the function is registered and this CPU online
+		k.s("tracebed: fatal: TLB shootdown refused: ").s(e.Error()).out()
+		debugExit(ktest.ExitFatal)
+	}
 }
 
 // noShootdown (tlbshootdown=0 on the command line) leaves other CPUs' TLBs stale after munmap:

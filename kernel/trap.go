@@ -100,7 +100,8 @@ func (c *CPU) overflowedStack(f *Frame) (slot int, guard uint64, ok bool) {
 	guards := stackRegion(c.id).guardPages()
 	for i, g := range guards {
 		lo := uint64(g)
-		if f.RSP-lo < guardBytes || f.Vector == idt.PageFault && f.CR2-lo < guardBytes {
+		// RSP at the guard page's top: a push there faulted without moving it.
+		if f.RSP-lo <= guardBytes || f.Vector == idt.PageFault && f.CR2-lo < guardBytes {
 			return i, lo, true
 		}
 	}
@@ -168,7 +169,7 @@ const maxFrames = 17
 // walkStack fills pcs with rip and the return addresses of the frame-pointer chain from rbp,
 // and returns how many it found. Go keeps RBP chains on amd64, in goroutine stacks and in this
 // CPU's kernel stacks alike (saveFrame leaves RBP as it was, so the walk goes on through nested
-// entries into the code they interrupted); every word is checked mapped before it is read.
+// entries into the code they interrupted); every word is read fault-safe.
 //
 // Trap context allowed.
 func (c *CPU) walkStack(rip, rbp uint64, pcs *[maxFrames]uint64) int {
@@ -176,15 +177,15 @@ func (c *CPU) walkStack(rip, rbp uint64, pcs *[maxFrames]uint64) int {
 	n := 1
 	bp := rbp
 	for n < len(pcs) && (bp >= identityTop && bp < userTop || c.onStacks(bp)) && bp%8 == 0 {
-		if _, _, ok := kpt.lookup(bp); !ok {
+		// Fault-safe: in an NMI another CPU may unmap the stack between a check and a load.
+		ret, f1 := trap.SafeLoad64(uintptr(bp + 8))
+		next, f2 := trap.SafeLoad64(uintptr(bp))
+		if f1.Failed() || f2.Failed() {
 			break
 		}
-		if _, _, ok := kpt.lookup(bp + 8); !ok {
-			break
-		}
-		pcs[n] = *u64(bp + 8)
+		pcs[n] = ret
 		n++
-		bp = *u64(bp)
+		bp = next
 	}
 	return n
 }

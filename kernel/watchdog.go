@@ -3,6 +3,7 @@ package kernel
 import (
 	"sync/atomic"
 
+	"tracebed/amd64"
 	"tracebed/kernel/ktest"
 	"tracebed/kernel/sched"
 	"tracebed/trap"
@@ -27,6 +28,7 @@ import (
 const (
 	watchdogTick     = 100_000_000 // ns: the longest a CPU's timer is armed for
 	watchdogAnswerNs = 200_000_000 // how long the reporter waits for the NMI answers
+	minWatchdogMs    = 2 * watchdogTick / 1e6
 )
 
 var watchdog struct {
@@ -52,7 +54,13 @@ type cpuSnapshot struct {
 // initWatchdog reads watchdog= and watchdog_ms=; a bad value is fatal, in one line. Boot.
 func initWatchdog() {
 	watchdog.limitNs = 1000 * 1e6
-	if ms, ok := cmdlineInt("watchdog_ms"); ok && ms > 0 {
+	if ms, ok := cmdlineInt("watchdog_ms"); ok {
+		if ms < minWatchdogMs {
+			var k kbuf
+			k.s("tracebed: fatal: watchdog_ms must be at least ").dec(minWatchdogMs).
+				s(" (twice the 100 ms tick every idle CPU takes)").out()
+			debugExit(ktest.ExitFatal)
+		}
 		watchdog.limitNs = ms * 1e6
 	}
 	if v, ok := cmdlineValue("watchdog"); ok {
@@ -70,8 +78,22 @@ func initWatchdog() {
 	}
 }
 
+// watchdogPoll is watchdogCheck for a CPU spinning for a kernel lock with interrupts off: it
+// takes no timer interrupt then, and when the stuck CPU holds the lock, every other CPU ends
+// up spinning for it, so the lock waits must look too (every watchdogTick/10). Kernel context
+// (a lock wait, interrupts off).
+func watchdogPoll(c *CPU) {
+	if watchdog.limitNs == 0 || !watchdog.running.Load() {
+		return
+	}
+	if now := nanotime(); now-c.watchdogPolled >= watchdogTick/10 {
+		c.watchdogPolled = now
+		watchdogCheck(c, nil)
+	}
+}
+
 // watchdogCheck looks for a stuck CPU; called by every CPU from its timer interrupt, klock not
-// held. Trap context (an interrupt gate).
+// held, and from lock waits (f nil). Trap context (an interrupt gate), or a lock wait.
 func watchdogCheck(c *CPU, f *Frame) {
 	if watchdog.limitNs == 0 || !watchdog.running.Load() {
 		return
@@ -94,6 +116,7 @@ func watchdogCheck(c *CPU, f *Frame) {
 }
 
 // watchdogReport prints every CPU's state and ends the run (or, with watchdog=warn, goes on).
+// f is the reporter's own interrupted state, nil when it reports from a lock wait.
 // Trap context.
 func watchdogReport(c *CPU, f *Frame, stuck int, d int64) {
 	if !watchdog.reporting.CompareAndSwap(0, int32(c.id+1)) {
@@ -113,9 +136,13 @@ func watchdogReport(c *CPU, f *Frame, stuck int, d int64) {
 			drainCalls()
 		}
 	}
-	held := true
+	locked := false
 	if watchdog.warn {
-		held = consoleAcquire()
+		var ok bool
+		if locked, ok = borrowConsole(c); !ok {
+			watchdog.reporting.Store(0) // a fatal report has the console: it ends the run
+			return
+		}
 	} else if !seizeConsole(c) {
 		leaveExitToReporter() // a fatal report has the console: it ends the run
 		debugExit(ktest.ExitHang)
@@ -126,6 +153,10 @@ func watchdogReport(c *CPU, f *Frame, stuck int, d int64) {
 	tab := kernelTable()
 	for i := 0; i < ncpuOnline; i++ {
 		s := &watchdog.snap[i]
+		if i == c.id && f == nil {
+			k.s("tracebed: watchdog cpu ").dec(int64(i)).s(": reporting from a lock wait").out()
+			continue
+		}
 		if i == c.id {
 			s.record(c, f)
 		} else if !s.ready.Load() {
@@ -133,7 +164,13 @@ func watchdogReport(c *CPU, f *Frame, stuck int, d int64) {
 			continue
 		}
 		k.s("tracebed: watchdog cpu ").dec(int64(i)).s(": RIP ").hex(s.rip).s(" RSP ").hex(s.rsp).
-			s(" IF ").dec(int64(s.rflags >> 9 & 1)).s(" trap depth ").dec(int64(s.depth))
+			s(" IF ")
+		if s.rflags&amd64.RFLAGS_IF != 0 {
+			k.c('1')
+		} else {
+			k.c('0')
+		}
+		k.s(" trap depth ").dec(int64(s.depth))
 		if s.tid != 0 {
 			k.s(" thread ").dec(int64(s.tid))
 		}
@@ -155,10 +192,11 @@ func watchdogReport(c *CPU, f *Frame, stuck int, d int64) {
 	if !watchdog.warn {
 		debugExit(ktest.ExitHang)
 	}
-	if held {
-		consoleRelease()
+	returnConsole(c, locked)
+	now := nanotime()
+	for i := range watchdog.since { // the report took time on every CPU it stopped
+		watchdog.since[i].Store(now)
 	}
-	watchdog.since[stuck].Store(nanotime())
 	watchdog.reporting.Store(0)
 }
 

@@ -64,7 +64,8 @@ func watchdogStuck(t *testing.T, rep *qemu.Report, cpus int) (cpu, ms int) {
 	require.Equal(t, qemu.Hang, rep.Outcome, "tail:\n%s", tail)
 	require.Equal(t, ktest.QEMUStatus(ktest.ExitHang), rep.ExitCode, "the watchdog ended the run, not the host:\n%s", tail)
 	for i := 0; i < cpus; i++ {
-		assert.Regexp(t, `tracebed: watchdog cpu `+strconv.Itoa(i)+`: RIP 0x[0-9a-f]+ RSP 0x[0-9a-f]+ IF [01] trap depth \d+`, tail)
+		assert.Regexp(t, `tracebed: watchdog cpu `+strconv.Itoa(i)+
+			`: (RIP 0x[0-9a-f]+ RSP 0x[0-9a-f]+ IF [01] trap depth \d+|reporting from a lock wait)`, tail)
 	}
 	m := regexp.MustCompile(`tracebed: cpu (\d+) stuck for (\d+) ms`).FindStringSubmatch(tail)
 	require.NotNil(t, m, tail)
@@ -93,13 +94,22 @@ func TestXcallNaiveModeDeadlocks(t *testing.T) {
 }
 
 // A CPU spinning with interrupts off (suite=hang) is caught by the watchdog in about a second
-// of guest time, with its state; with watchdog=0 only the host's timeout ends the run.
+// of guest time, with its state; watchdog=warn reports it and goes on; with watchdog=0 only the
+// host's timeout ends the run.
 func TestHangIsCaughtByTheWatchdog(t *testing.T) {
 	rep := boot(t, qemu.Config{SMP: 2, Append: "suite=hang", Timeout: time.Minute})
 	assert.Contains(t, strings.Join(rep.Tail, "\n"), "hanging on purpose")
 	_, ms := watchdogStuck(t, rep, 2)
 	assert.GreaterOrEqual(t, ms, 1000)
 	assert.Less(t, ms, 2000)
+
+	// watchdog=warn reports and goes on: the host's timeout ends the run.
+	rep = boot(t, qemu.Config{SMP: 2, Append: "suite=hang watchdog=warn", Timeout: 15 * time.Second})
+	tail := strings.Join(rep.Tail, "\n")
+	assert.Equal(t, qemu.Hang, rep.Outcome)
+	assert.NotEqual(t, ktest.QEMUStatus(ktest.ExitHang), rep.ExitCode, "watchdog=warn ended the run")
+	assert.Regexp(t, `tracebed: watchdog: cpu \d made no progress`, tail)
+	assert.Regexp(t, `tracebed: cpu \d stuck for \d+ ms`, tail)
 
 	rep = boot(t, qemu.Config{SMP: 2, Append: "suite=hang watchdog=0", Timeout: 15 * time.Second})
 	assert.Equal(t, qemu.Hang, rep.Outcome)
@@ -117,4 +127,14 @@ func TestStaleReadsWithoutShootdown(t *testing.T) {
 	require.NotNil(t, c)
 	assert.False(t, c.OK)
 	assert.Greater(t, diagFloat(t, c, "stale_reads_after_munmap"), 0.0)
+}
+
+// A CPU stuck holding klock: the others spin for it with interrupts off and take no timer
+// interrupt, so the watchdog looks from their lock waits, and reports the holder's stack.
+func TestStuckKlockHolderIsReported(t *testing.T) {
+	rep := boot(t, qemu.Config{SMP: 2, Append: "suite=hang_klock", Timeout: time.Minute})
+	watchdogStuck(t, rep, 2)
+	tail := strings.Join(rep.Tail, "\n")
+	assert.Regexp(t, `tracebed: watchdog cpu \d stack: .*tracebed/kernel\.WithKlock`, tail)
+	assert.Contains(t, tail, "reporting from a lock wait")
 }

@@ -12,7 +12,7 @@ import (
 	"tracebed/kernel/suites"
 )
 
-var all = []ktest.Suite{suites.Runtime, suites.SMP, suites.Traps, suites.Hang, suites.Fault, suites.FaultNil, suites.FaultConsole,
+var all = []ktest.Suite{suites.Runtime, suites.SMP, suites.Traps, suites.Hang, suites.HangKlock, suites.Fault, suites.FaultNil, suites.FaultConsole,
 	suites.FaultOverflow, suites.FaultGuard, suites.Xcall}
 
 // defaults run when the command line names no suite.

@@ -37,10 +37,20 @@ var knownParams = map[string]string{
 	"stackguard":    "0: leave the guard pages below the kernel's stacks mapped (a mutation: the fault_guard suite must then fail)",
 }
 
-// kernelNumbers are the parameters the kernel itself reads as decimal numbers, with their
-// largest meaningful value.
-var kernelNumbers = map[string]uint64{"acpidump": 1, "nopreempt": 1, "stackguard": 1, "tlbshootdown": 1, "ap_stuck": trap.MaxCPUs - 1,
-	"watchdog_ms": 600_000, "xcall.drop": 1 << 20}
+// numbers are the parameters read as decimal numbers, with the range of values that mean what
+// they say. The kernel reads some before the runtime starts, with a reader that cannot report
+// errors; the suites read the others: all are checked here, so that a value is never misread,
+// wrapped or silently ignored.
+var numbers = map[string][2]uint64{
+	"acpidump": {0, 1}, "nopreempt": {0, 1}, "stackguard": {0, 1}, "tlbshootdown": {0, 1},
+	"ap_stuck":      {0, trap.MaxCPUs - 1},
+	"watchdog_ms":   {200, 600_000}, // at least twice the 100 ms tick of an idle CPU
+	"xcall.drop":    {0, 1 << 20},
+	"expect_cpus":   {1, trap.MaxCPUs},
+	"gc_mib":        {1, 1 << 16},
+	"gc_seconds":    {1, 3600},
+	"xcall_seconds": {1, 3600},
+}
 
 // ParseCmdline parses words of the form key=value. Unknown keys, repeated keys, words without
 // '=', empty values and malformed numbers are errors, as are suites not in known.
@@ -77,12 +87,10 @@ func ParseCmdline(words []string, known []string) (Options, error) {
 			if _, ok := knownParams[k]; !ok {
 				return o, fmt.Errorf("unknown option %q (known: %s)", k, strings.Join(optionNames(), ", "))
 			}
-			if max, ok := kernelNumbers[k]; ok {
-				// The kernel reads these before the runtime starts, with a decimal reader that
-				// cannot report errors: a value it would misread is refused here.
+			if r, ok := numbers[k]; ok {
 				n, err := strconv.ParseUint(v, 10, 32)
-				if err != nil || n > max {
-					return o, fmt.Errorf("option %s=%q: want a decimal number from 0 to %d", k, v, max)
+				if err != nil || n < r[0] || n > r[1] {
+					return o, fmt.Errorf("option %s=%q: want a decimal number from %d to %d", k, v, r[0], r[1])
 				}
 			}
 			o.Params[k] = v
@@ -97,7 +105,7 @@ func (o Options) IntParam(k string, def int64) (int64, error) {
 	if !ok {
 		return def, nil
 	}
-	n, err := strconv.ParseInt(v, 0, 64)
+	n, err := strconv.ParseInt(v, 10, 64)
 	if err != nil || n <= 0 {
 		return 0, fmt.Errorf("option %s=%q: want a positive integer", k, v)
 	}

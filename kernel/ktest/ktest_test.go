@@ -32,22 +32,30 @@ func TestParseCmdline(t *testing.T) {
 
 func TestParseCmdlineErrors(t *testing.T) {
 	for words, want := range map[string]string{
-		"bogus=1":              `unknown option "bogus"`,
-		"suite":                "malformed option",
-		"=x":                   "malformed option",
-		"suite=":               "empty value",
-		"suite=nope":           `unknown suite "nope"`,
-		"seed=ten":             "not an integer",
-		"seed=1 seed=2":        "given twice",
-		"suite=runtime,,fault": `unknown suite ""`,
+		"bogus=1":                   `unknown option "bogus"`,
+		"suite":                     "malformed option",
+		"=x":                        "malformed option",
+		"suite=":                    "empty value",
+		"suite=nope":                `unknown suite "nope"`,
+		"seed=ten":                  "not an integer",
+		"seed=1 seed=2":             "given twice",
+		"suite=runtime,,fault":      `unknown suite ""`,
+		"gc_mib=-5":                 "from 1 to",
+		"xcall_seconds=0x10":        "want a decimal number",
+		"xcall_seconds=18446744074": "from 1 to 3600",
+		"xcall_seconds=0":           "from 1 to 3600",
+		"watchdog_ms=0":             "from 200 to",
+		"watchdog_ms=50":            "from 200 to",
+		"ap_stuck=+1":               "want a decimal number",
 	} {
 		_, err := ParseCmdline(strings.Fields(words), known)
 		assert.ErrorContains(t, err, want, words)
 	}
-	o, err := ParseCmdline([]string{"gc_mib=-5"}, known)
+	o, err := ParseCmdline([]string{"xcall_seconds=010"}, known)
 	require.NoError(t, err)
-	_, err = o.IntParam("gc_mib", 1)
-	assert.ErrorContains(t, err, "positive integer")
+	n, err := o.IntParam("xcall_seconds", 1)
+	require.NoError(t, err)
+	assert.Equal(t, int64(10), n, "decimal, never octal")
 }
 
 func TestRunPrintsKTAP(t *testing.T) {

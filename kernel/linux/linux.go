@@ -25,8 +25,9 @@ import (
 	"tracebed/trap"
 )
 
-// Host is what the system-call host needs from the kernel. Its methods are called with klock
-// held, from Syscall (kernel context).
+// Host is what the system-call host needs from the kernel. Its methods are called from Syscall
+// (kernel context) with klock held, or, for the address-space ones (Commit, Decommit,
+// ZeroMapped, MapMissing), with the VM lock held.
 type Host interface {
 	// Nanotime is the kernel's monotonic clock (ns); WallBase is the Unix time in ns at its
 	// zero, so that wall-clock time is WallBase() + Nanotime().
@@ -38,7 +39,7 @@ type Host interface {
 	// (mapped pages are zeroed in place); false when memory ran out.
 	Commit(start, end, prot uint64) bool
 	// Decommit unmaps [start, end) and frees its frames, every CPU's stale translations
-	// flushed before klock is released.
+	// flushed before it returns.
 	Decommit(start, end uint64)
 	// ZeroMapped zeroes the mapped pages of [start, end) in place (MADV_DONTNEED).
 	ZeroMapped(start, end uint64)

@@ -7,7 +7,7 @@ package linux
 // the kernel's (Host.Commit and the rest), committed eagerly, so the kernel never takes a page
 // fault on runtime memory and a fault is always a bug. MADV_DONTNEED zeroes in place (the
 // runtime relies on zeroed pages after it). All of it runs under the kernel's VM lock, not
-// klock (IsMemoryCall): "klock held" below means that lock.
+// klock (IsMemoryCall).
 
 const (
 	UserBase = 4 << 30          // the runtime's mappings lie in [UserBase, UserTop)
@@ -36,7 +36,7 @@ var (
 // Mmap is mmap(2) of anonymous memory. The kernel calls it at boot too, for the first thread's
 // stack.
 //
-// Kernel context, klock held (or boot, before any other CPU runs).
+// Kernel context, VM lock held (or boot, before the first thread runs).
 func Mmap(addr, length, prot, flags uint64) int64 {
 	if length == 0 || length > UserTop {
 		return -errEINVAL
@@ -88,7 +88,7 @@ func inUserSpace(addr, length uint64) bool {
 		(addr+length+pageSize-1)&^(pageSize-1) <= UserTop
 }
 
-// Kernel context, klock held.
+// Kernel context, VM lock held.
 func munmap(addr, length uint64) int64 {
 	if addr%pageSize != 0 || length == 0 {
 		return -errEINVAL
@@ -102,7 +102,7 @@ func munmap(addr, length uint64) int64 {
 	return 0
 }
 
-// Kernel context, klock held.
+// Kernel context, VM lock held.
 func madvise(addr, length, advice uint64) int64 {
 	if addr%pageSize != 0 {
 		return -errEINVAL
@@ -117,7 +117,7 @@ func madvise(addr, length, advice uint64) int64 {
 // mprotect keeps what is mapped (protection is not enforced: every page stays writable) and
 // maps what is missing when the new protection allows access.
 //
-// Kernel context, klock held.
+// Kernel context, VM lock held.
 func mprotect(addr, length, prot uint64) int64 {
 	if addr%pageSize != 0 {
 		return -errEINVAL

@@ -6,9 +6,9 @@
 // host.
 //
 // Protocol. Every Linux thread the Go runtime creates is a Thread whose registers at rest are
-// a trap.Frame. All of this state is guarded by the kernel's one lock, klock, held by kernel
-// code from entry to exit with interrupts off; every function here expects it held (or runs at
-// boot, before a second CPU starts).
+// a trap.Frame. All of this state is guarded by the kernel's scheduling lock, klock, held by
+// kernel code from entry to exit with interrupts off; every function here expects it held (or
+// runs at boot, before a second CPU starts).
 //
 //   - Block saves the running thread's Frame, marks it blocked with a wait kind and an optional
 //     deadline, and leaves it off the run queue; the kernel then loads another thread.

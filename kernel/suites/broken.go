@@ -12,7 +12,7 @@ import (
 	"tracebed/trap"
 )
 
-// Hang, Fault, FaultNil, FaultConsole, FaultOverflow and FaultGuard fail on purpose, in the ways
+// Hang, HangKlock, Fault, FaultNil, FaultConsole, FaultOverflow and FaultGuard fail on purpose, in the ways
 // a kernel under test goes wrong: it stops making progress, or it takes an exception it cannot
 // handle (a nil dereference among them, one while holding the console's lock, and overflowing
 // its stack). The host's tests select them and pass only when the host reports exactly that.
@@ -126,3 +126,16 @@ func onGuardBP(f *trap.Frame) bool {
 	amd64.RestoreInterrupts(fl)
 	return true
 }
+
+// HangKlock holds klock forever with interrupts off, as a CPU stuck in a system call does:
+// every other CPU then spins for klock, taking no timer interrupt, so only the watchdog's look
+// from the lock waits can report it.
+var HangKlock = ktest.Suite{Name: "hang_klock", Cases: []ktest.Case{{"spin_holding_klock", func(t *ktest.T) {
+	t.Logf("hanging on purpose: holding klock, interrupts off")
+	time.Sleep(10 * time.Millisecond) // let the line reach the console
+	kernel.WithKlock(func() {
+		for {
+			amd64.Pause()
+		}
+	})
+}}}}
