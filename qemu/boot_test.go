@@ -252,7 +252,8 @@ func TestSMPSuiteInQEMU(t *testing.T) {
 			}
 			gc := s.Find("gc_parallel_8")
 			assert.GreaterOrEqual(t, diagFloat(t, gc, "gc_cycles"), 50.0)
-			assert.Equal(t, float64(tc.gcSeconds), diagFloat(t, gc, "seconds"))
+			// gc_seconds at least; longer only while fewer than 50 cycles had run.
+			assert.GreaterOrEqual(t, diagFloat(t, gc, "seconds"), float64(tc.gcSeconds))
 		})
 	}
 }
