@@ -16,6 +16,11 @@ var com1 = uart.UART{Index: 1, Base: 0x3f8}
 
 var consoleLock spinlock
 
+// consoleChunks counts the chunks user writes have put out. A long write holds the console
+// with interrupts off for seconds on a real 115200-baud UART; the writer and the CPUs waiting
+// for consoleLock behind it make progress (for the watchdog) as long as this moves.
+var consoleChunks atomic.Uint64
+
 // consoleOwner is 1 + the id of the CPU whose fatal report seized the console (see
 // seizeConsole); 0 until then.
 var consoleOwner atomic.Int32
@@ -83,7 +88,25 @@ func seizeConsole(c *CPU) bool {
 	for i := 0; i < seizeSpins && !consoleLock.tryLock(); i++ {
 		amd64.Pause()
 	}
-	return consoleOwner.CompareAndSwap(0, int32(c.id+1)) || consoleMine()
+	if consoleOwner.CompareAndSwap(0, int32(c.id+1)) {
+		consoleFreshLine()
+		return true
+	}
+	return consoleMine()
+}
+
+// consoleMidLine is set while the last byte sent was not a newline.
+var consoleMidLine atomic.Bool
+
+// newline is a line end for consoleFreshLine (no slice literal in trap context).
+var newline = [1]byte{'\n'}
+
+// consoleFreshLine ends the line a seized writer left half-written, so that a report's first
+// line parses. With the console seized or borrowed. Trap context.
+func consoleFreshLine() {
+	if consoleMidLine.Load() {
+		consoleRaw(newline[:])
+	}
 }
 
 // borrowConsole gives c's watchdog=warn report the console for a while: as seizeConsole, a
@@ -102,6 +125,7 @@ func borrowConsole(c *CPU) (locked, ok bool) {
 		}
 		return false, false
 	}
+	consoleFreshLine()
 	return locked, true
 }
 
@@ -133,10 +157,47 @@ func leaveExitToReporter() {
 func consoleRaw(b []byte) {
 	for _, c := range b {
 		if c == '\n' {
-			com1.Tx('\r')
+			consoleTx('\r')
 		}
-		com1.Tx(c)
+		consoleTx(c)
 	}
+}
+
+// consoleByteNs, set by console.baud=N, paces the console like a real UART at N baud (ten bits
+// a byte): QEMU's takes bytes at once, which hides how long a write holds the console, with
+// interrupts off, on hardware. 0 when not set.
+var consoleByteNs int64
+
+// noConsoleProgress (consoleprogress=0) stops console output from counting as progress for
+// the watchdog: a mutation under which a long paced write must be reported as a hang.
+var noConsoleProgress bool
+
+// initConsoleBaud reads console.baud and consoleprogress; after the TSC's calibration.
+func initConsoleBaud() {
+	if b, ok := cmdlineInt("console.baud"); ok && b > 0 {
+		consoleByteNs = 10 * 1e9 / b
+	}
+	if n, ok := cmdlineInt("consoleprogress"); ok && n == 0 {
+		noConsoleProgress = true
+	}
+}
+
+// consoleTx sends one byte, paced when console.baud is set. Once a report has seized the
+// console, a byte of any other CPU is dropped here, mid-write, not at the end of its chunk:
+// a paced 256-byte chunk lasts 22 ms, and its dots used to land inside the report's lines.
+//
+// Trap context allowed.
+func consoleTx(c byte) {
+	if consoleOwner.Load() != 0 && !consoleMine() {
+		return
+	}
+	consoleMidLine.Store(c != '\n')
+	if consoleByteNs != 0 {
+		for t0 := nanotime(); nanotime()-t0 < consoleByteNs; {
+			amd64.Pause()
+		}
+	}
+	com1.Tx(c)
 }
 
 // kbuf is a fixed-size line builder for kernel messages.

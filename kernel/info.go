@@ -45,17 +45,20 @@ func Nanotime() int64 { return nanotime() }
 
 // CPUStats are one CPU's counters.
 type CPUStats struct {
-	APICID       uint32
-	StartNs      int64 // INIT to online (APs)
-	Ticks        uint64
-	Switches     uint64
-	Idles        uint64
-	WakeIPIs     uint64 // received
-	WakeIPIsSent uint64
-	TLBFlushes   uint64 // run for other CPUs' shootdowns
-	Shootdowns   uint64
-	TestIPIs     uint64
-	NMIs         uint64
+	APICID         uint32
+	StartNs        int64 // INIT to online (APs)
+	Ticks          uint64
+	Switches       uint64
+	Idles          uint64
+	WakeIPIs       uint64 // received
+	WakeIPIsSent   uint64
+	TLBFlushes     uint64 // run for other CPUs' shootdowns
+	Shootdowns     uint64
+	TLBLazySkips   uint64 // idle CPUs this CPU's shootdowns skipped
+	TLBLazyFlushes uint64 // flushes on waking for shootdowns skipped while idle
+	StarvedLocks   uint64 // kernel locks taken by a claim after waiting 50 ms
+	TestIPIs       uint64
+	NMIs           uint64
 }
 
 // CPUStat returns CPU i's counters (read without locks: each is a word its CPU updates; the
@@ -69,6 +72,7 @@ func CPUStat(i int) CPUStats {
 		APICID: c.apicID, StartNs: c.startNs, Ticks: trap.Count(i, vecTimer), Switches: c.switches,
 		Idles: c.idles, WakeIPIs: trap.Count(i, vecWake), WakeIPIsSent: c.wakeIPIsSent,
 		TLBFlushes: c.tlbFlushes, Shootdowns: c.shootdowns,
+		TLBLazySkips: c.tlbLazySkips, TLBLazyFlushes: c.tlbLazyFlushes, StarvedLocks: c.starvedLocks,
 		TestIPIs: trap.Count(i, vecTest), NMIs: trap.Count(i, idt.NMI),
 	}
 }

@@ -55,8 +55,9 @@ func kmain(startInfo uintptr) {
 	hypervisor, hvLeaf = amd64.DetectHypervisor()
 	parseIDTConfig()
 	noPreempt = cmdlineFlag("nopreempt")
-	if n, ok := cmdlineInt("tlbshootdown"); ok && n == 0 {
-		noShootdown = true
+	if n, ok := cmdlineInt("tlbshootdown"); ok {
+		noShootdown = n == 0
+		noLazyCatchUp = n == 2
 	}
 	setupIDT()
 	loadIDT(c)
@@ -78,6 +79,7 @@ func kmain(startInfo uintptr) {
 	initSyscalls()
 	initXcall(c)
 	initWatchdog()
+	initConsoleBaud()
 	linux.Init(&theHost)
 	ncpuOnline = 1
 	discoverCPUs(c)
@@ -278,7 +280,7 @@ func startRuntime(c *CPU) {
 	klock.lock()
 	c.resume(i, f)
 	c.armTimer()
-	klock.unlock()
+	c.unlockKlock()
 	enterFrame(f)
 }
 

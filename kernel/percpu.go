@@ -1,6 +1,7 @@
 package kernel
 
 import (
+	"sync/atomic"
 	"unsafe"
 
 	"tracebed/idt"
@@ -129,6 +130,14 @@ type CPU struct {
 
 	sliceEnd int64 // when the running thread's time slice ends (ns)
 
+	// LAPIC writes decided under klock and made after it is released (unlockKlock): under
+	// TCG each takes QEMU's global lock, and with 32 vCPUs on 2 host cores holding klock
+	// through them starved its waiters for over a second.
+	timerSet   bool  // the timer is to be programmed
+	timerDelta int64 // ns from when it was decided; 0 stops the timer
+	nkicks     int   // wake IPIs to send
+	kickAPIC   [MaxCPUs]uint32
+
 	// Counters, written only by this CPU. Entries by vector (timer, IPIs, NMIs) are counted
 	// by package trap (trap.Count).
 	switches     uint64 // threads loaded
@@ -136,6 +145,15 @@ type CPU struct {
 	wakeIPIsSent uint64
 	shootdowns   uint64 // TLB shootdowns initiated
 	tlbFlushes   uint64 // TLB flushes run for other CPUs' shootdowns
+
+	tlbLazy        atomic.Bool // halted in the idle loop: shootdowns skip this CPU (lazy TLB)
+	tlbSeen        uint64      // the shootdown generation this CPU's TLB is clean of
+	tlbLazySkips   uint64      // CPUs this CPU's shootdowns skipped as idle
+	tlbLazyFlushes uint64      // flushes made on waking for skipped shootdowns
+	starvedLocks   uint64      // locks taken by a starvation claim (spinlock.lock)
+
+	consoleSeen     uint64        // consoleChunks when this CPU's console-lock wait last looked
+	consoleProgress atomic.Uint64 // console chunks written by or waited behind (watchdog progress)
 
 	g   [32]uintptr // the kernel g: stack.lo, stack.hi, stackguard0, stackguard1, zero rest
 	tls [2]uintptr  // tls[0] = &g; ktls = &tls[1]

@@ -17,8 +17,9 @@ import (
 //   - A kernel entry that keeps its thread (most syscalls, most interrupts) edits f in place.
 //   - A blocking syscall saves f in its Thread (sched.Block), then reschedule loads the next
 //     runnable Thread's Frame into f; the common exit path resumes whatever f holds. Waking
-//     (sched.Wake) sets the sleeper's saved RAX to the syscall's result and queues it; before
-//     klock is released, the kicks it recorded become wake IPIs (kickIdleCPUs).
+//     (sched.Wake) sets the sleeper's saved RAX to the syscall's result and queues it; the
+//     kicks it recorded become wake IPIs (kickIdleCPUs), sent once klock is released
+//     (unlockKlock), as is the timer's new deadline: no LAPIC write is made under klock.
 //   - With nothing runnable the CPU idles inside reschedule: it drops klock and executes
 //     STI;HLT. Interrupts taken there see current == -1 and never switch; they only wake
 //     threads, which the idle loop then picks up.
@@ -58,7 +59,7 @@ var (
 	lapicHz uint64
 )
 
-// armTimer programs this CPU's one-shot timer for its next scheduling event.
+// armTimer chooses this CPU's one-shot timer's next scheduling event; unlockKlock programs it.
 //
 // Kernel context, klock held.
 func (c *CPU) armTimer() {
@@ -70,15 +71,36 @@ func (c *CPU) armTimer() {
 	if watchdog.limitNs != 0 && (next == 0 || next > now+watchdogTick) {
 		next = now + watchdogTick // the watchdog's measure of progress
 	}
+	c.timerSet = true
 	if next == 0 {
-		lapic.OneShot(vecTimer, 0)
+		c.timerDelta = 0
 		return
 	}
-	delta := next - now
-	if delta < 2000 {
-		delta = 2000
+	c.timerDelta = next - now
+	if c.timerDelta < 2000 {
+		c.timerDelta = 2000
 	}
-	timerIn(delta)
+}
+
+// unlockKlock releases klock, then makes the LAPIC writes decided under it: the timer armTimer
+// chose and the wake IPIs of kick. A wake IPI sent late finds its CPU halted or about to halt
+// (the IPI stays pending while IF=0, so the halt ends at once); a stale one is harmless.
+//
+// Kernel context, klock held.
+func (c *CPU) unlockKlock() {
+	klock.unlock()
+	if c.timerSet {
+		c.timerSet = false
+		if c.timerDelta == 0 {
+			lapic.OneShot(vecTimer, 0)
+		} else {
+			timerIn(c.timerDelta)
+		}
+	}
+	for i := 0; i < c.nkicks; i++ {
+		lapic.IPI(c.kickAPIC[i], vecWake)
+	}
+	c.nkicks = 0
 }
 
 // timerIn arms this CPU's one-shot timer for about ns from now (at least one LAPIC tick, at
@@ -125,9 +147,11 @@ func (c *CPU) reschedule(f *Frame) {
 		c.armTimer()
 		kickIdleCPUs() // a yield's or an expired deadline's kick, before this CPU halts
 		c.idling = true
-		klock.unlock()
+		c.unlockKlock()
 		c.idles++
+		c.enterLazyTLB()
 		c.idle()
+		c.leaveLazyTLB()
 		klock.lock()
 		c.idling = false
 		c.kicked = false
@@ -173,5 +197,5 @@ func (c *CPU) timerInterrupt(f *Frame) {
 	}
 	c.armTimer()
 	kickIdleCPUs()
-	klock.unlock()
+	c.unlockKlock()
 }

@@ -163,7 +163,7 @@ func apMain(c *CPU) {
 	f := (*Frame)(unsafe.Pointer(c.kstack - unsafe.Sizeof(Frame{})))
 	klock.lock()
 	c.reschedule(f)
-	klock.unlock()
+	c.unlockKlock()
 	enterFrame(f)
 }
 
@@ -191,13 +191,65 @@ func kick(c, self *CPU) bool {
 	}
 	c.kicked = true
 	self.wakeIPIsSent++
-	lapic.IPI(c.apicID, vecWake)
+	self.kickAPIC[self.nkicks] = c.apicID // sent by unlockKlock
+	self.nkicks++
 	return true
 }
 
-// tlbShootdown makes every other online CPU flush its TLB and waits until each has: called
-// with vmLock held after page-table entries were removed, before their frames can be reused.
-// It is a cross-CPU call (xcall.Broadcast): idle and running CPUs take the call IPI, a CPU
+// Lazy TLB, as Linux does it: a CPU halted in the idle loop runs no thread and touches no
+// user mapping (kernel code and data are mapped once, at boot), so a shootdown skips it and it
+// flushes its TLB itself, before it runs anything, if a shootdown happened while it idled.
+// Waking 31 halted vCPUs for every munmap made a shootdown at 32 CPUs under TCG take long
+// enough to starve vmLock's waiters past the watchdog's second.
+//
+// The handshake is Dekker's, on sequentially consistent atomics: the shooter bumps tlbGen and
+// then reads each CPU's tlbLazy; a CPU leaving idle clears tlbLazy and then reads tlbGen. Either
+// the shooter sees the CPU awake and calls it, or the CPU sees the new generation and flushes.
+var tlbGen atomic.Uint64
+
+// enterLazyTLB marks this CPU idle for shootdowns. Kernel context, about to halt.
+//
+// It must not take the current generation as clean: a shootdown that bumped tlbGen before
+// this CPU read it, and read tlbLazy after the store below, would be skipped although this
+// CPU's TLB still holds what the thread it just ran touched. tlbSeen only moves when the CPU
+// flushes, to the generation read before the flush (every shootdown up to it had edited the
+// page tables before bumping tlbGen).
+func (c *CPU) enterLazyTLB() { c.tlbLazy.Store(true) }
+
+// leaveLazyTLB ends the idle mark, flushing if a shootdown skipped this CPU. Kernel context.
+func (c *CPU) leaveLazyTLB() {
+	c.tlbLazy.Store(false)
+	c.catchUpTLB()
+}
+
+// catchUpTLB flushes this CPU's TLB if a shootdown has happened since it last looked: before
+// a lazy CPU runs cross-CPU calls (which may touch user memory), and when it leaves idle.
+//
+// Trap context.
+func (c *CPU) catchUpTLB() {
+	if noLazyCatchUp {
+		return
+	}
+	if g := tlbGen.Load(); g != c.tlbSeen {
+		c.tlbSeen = g
+		amd64.WriteCR3(amd64.ReadCR3())
+		c.tlbLazyFlushes++
+	}
+}
+
+// runCalls runs the cross-CPU calls posted to this CPU, first catching up on skipped
+// shootdowns if it is idle. Trap context.
+func (c *CPU) runCalls() {
+	if c.tlbLazy.Load() {
+		c.catchUpTLB()
+	}
+	xcall.Drain(c.id)
+}
+
+// tlbShootdown makes every other online CPU that is not idle flush its TLB (idle ones catch up
+// when they wake: lazy TLB above) and waits until each has: called with vmLock held after
+// page-table entries were removed, before their frames can be reused.
+// It is a cross-CPU call (xcall.Broadcast): running CPUs take the call IPI, a CPU
 // spinning for klock or vmLock runs the flush from its lock wait, and one in a long stretch with
 // interrupts off (a console write) drains between chunks. A CPU that does none of these is
 // stuck, and the watchdog reports it.
@@ -209,7 +261,21 @@ func tlbShootdown() {
 		return
 	}
 	self.shootdowns++
-	others := (uint64(1)<<ncpuOnline - 1) &^ (1 << self.id)
+	tlbGen.Add(1)
+	others := uint64(0)
+	for i := 0; i < ncpuOnline; i++ {
+		if i == self.id {
+			continue
+		}
+		if cpus[i].tlbLazy.Load() {
+			self.tlbLazySkips++
+			continue
+		}
+		others |= 1 << i
+	}
+	if others == 0 {
+		return
+	}
 	if e := xcall.Broadcast(self.id, others, tlbFlushCall, 0); e != xcall.OK {
 		var k kbuf // cannot happen: the function is registered and this CPU online
 		k.s("tracebed: fatal: TLB shootdown refused: ").s(e.Error()).out()
@@ -221,6 +287,11 @@ func tlbShootdown() {
 // a mutation under which the xcall suite's tlb_shootdown_no_stale_reads must fail.
 var noShootdown bool
 
+// noLazyCatchUp (tlbshootdown=2) keeps skipping idle CPUs in shootdowns but drops their
+// catch-up flush on waking: a mutation under which tlb_shootdown_no_stale_reads must fail
+// (its readers block between reads, so their CPUs idle through the munmap).
+var noLazyCatchUp bool
+
 // tlbFlushCall names flushTLB for cross-CPU calls (initXcall).
 var tlbFlushCall xcall.Func
 
@@ -228,6 +299,9 @@ var tlbFlushCall xcall.Func
 //
 // Trap context (run by xcall).
 func flushTLB(uintptr) {
+	c := thisCPU()
+	g := tlbGen.Load()
 	amd64.WriteCR3(amd64.ReadCR3())
-	thisCPU().tlbFlushes++
+	c.tlbSeen = g
+	c.tlbFlushes++
 }

@@ -2,7 +2,6 @@ package kernel
 
 import (
 	"tracebed/kernel/sched"
-	"tracebed/xcall"
 	"unsafe"
 
 	"tracebed/amd64"
@@ -31,7 +30,7 @@ func kernelEntry(f *Frame) {
 		lapic.EOI()
 	case v == vecXcall:
 		lapic.EOI() // first: a call IPI sent while these calls run is taken after the IRET
-		xcall.Drain(c.id)
+		c.runCalls()
 	case v == idt.NMI:
 		c.nmi(f)
 	case v == vecSpurious:

@@ -7,11 +7,14 @@ import (
 	"tracebed/kernel/ktest"
 	"tracebed/kernel/sched"
 	"tracebed/trap"
+	"tracebed/xcall"
 )
 
 // The stuck-CPU watchdog. A CPU's progress is the count of its timer interrupts (trap.Count),
 // and every online CPU takes one at least every watchdogTick, idle or not (armTimer caps its
-// timer). At each timer interrupt, before it takes klock (a stuck CPU may hold it), a CPU
+// timer), plus the cross-CPU calls it has run or seen complete (xcall.Progress): a CPU
+// calling every other one with interrupts off, which at 32 vCPUs on 2 host cores can take over
+// a second, is slow while its calls complete, and stuck only when they stop. At each timer interrupt, before it takes klock (a stuck CPU may hold it), a CPU
 // looks at the others: one whose count has not moved for watchdog_ms of guest time (default
 // 1000) is stuck. The first CPU to see that claims the report: it sends every other CPU an
 // NMI, and each answers from its NMI handler by recording its registers, trap depth and
@@ -92,6 +95,10 @@ func watchdogPoll(c *CPU) {
 	}
 }
 
+// watchdogPollHere is watchdogPoll for this CPU: xcall's waits call it (xcall.SetWaitHook), so
+// that CPUs all waiting on a call to a stuck one still look. Trap context.
+func watchdogPollHere() { watchdogPoll(thisCPU()) }
+
 // watchdogCheck looks for a stuck CPU; called by every CPU from its timer interrupt, klock not
 // held, and from lock waits (f nil). Trap context (an interrupt gate), or a lock wait.
 func watchdogCheck(c *CPU, f *Frame) {
@@ -103,7 +110,7 @@ func watchdogCheck(c *CPU, f *Frame) {
 		if i == c.id {
 			continue
 		}
-		n := trap.Count(i, vecTimer)
+		n := trap.Count(i, vecTimer) + xcall.Progress(i) + cpus[i].consoleProgress.Load()
 		if n != watchdog.seen[i].Load() || watchdog.since[i].Load() == 0 {
 			watchdog.seen[i].Store(n)
 			watchdog.since[i].Store(now)
@@ -154,7 +161,7 @@ func watchdogReport(c *CPU, f *Frame, stuck int, d int64) {
 	for i := 0; i < ncpuOnline; i++ {
 		s := &watchdog.snap[i]
 		if i == c.id && f == nil {
-			k.s("tracebed: watchdog cpu ").dec(int64(i)).s(": reporting from a lock wait").out()
+			k.s("tracebed: watchdog cpu ").dec(int64(i)).s(": reporting from a wait (a lock's or a cross-CPU call's)").out()
 			continue
 		}
 		if i == c.id {

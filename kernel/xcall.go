@@ -38,6 +38,7 @@ func initXcall(c *CPU) {
 	}
 	xcall.Init(&lapic, vecXcall, tscHz)
 	tlbFlushCall = xcall.Register(flushTLB) // at boot: no write barrier can be on yet
+	xcall.SetWaitHook(watchdogPollHere)
 	xcall.SetOnline(c.id, c.apicID)
 	xcallReady.Store(true)
 }
@@ -46,7 +47,7 @@ func initXcall(c *CPU) {
 // it. Trap context allowed (not NMI: spin waits are never taken there).
 func drainCalls() {
 	if xcallReady.Load() {
-		xcall.Drain(thisCPU().id)
+		thisCPU().runCalls()
 	}
 }
 

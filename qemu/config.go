@@ -26,7 +26,7 @@ type Config struct {
 
 // Limits on what a Config may ask for.
 const (
-	MaxSMP       = 16 // kernel.MaxCPUs
+	MaxSMP       = 32 // kernel.MaxCPUs
 	MinMemoryMiB = 128
 	MaxMemoryMiB = 3072 // the kernel manages RAM below 4 GiB only
 )

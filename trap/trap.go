@@ -46,7 +46,7 @@ import (
 )
 
 // MaxCPUs bounds the CPUs whose traps are counted (the kernel drives at most this many).
-const MaxCPUs = 16
+const MaxCPUs = 32
 
 // NumVectors counts the IDT vectors plus the SYSCALL pseudo-vector.
 const NumVectors = 257

@@ -104,9 +104,10 @@ type Stats struct {
 
 type cpuState struct {
 	Stats
-	apicID uint32
-	online bool
-	_      [64]byte
+	progress atomic.Uint64 // calls this CPU ran or saw finish (Progress)
+	apicID   uint32
+	online   bool
+	_        [64]byte
 }
 
 var (
@@ -246,6 +247,9 @@ func wait(self, to int, n uint64) {
 		if !naive.Load() {
 			Drain(self)
 		}
+		if waitHook != nil {
+			waitHook()
+		}
 		amd64.Pause()
 		if amd64.RDTSC()-t0 > ResendAfter*tscPerUs {
 			cpus[self].Resends++
@@ -253,7 +257,16 @@ func wait(self, to int, n uint64) {
 			t0 = amd64.RDTSC()
 		}
 	}
+	cpus[self].progress.Add(1)
 }
+
+// waitHook, when set, runs in every iteration of a wait (the kernel's watchdog looks for
+// stuck CPUs from there: a CPU waiting with interrupts off takes no timer interrupt).
+var waitHook func()
+
+// SetWaitHook sets the function waits call while they spin; it must be callable in trap
+// context and cheap when it has nothing to do. Set once, before any CPU calls.
+func SetWaitHook(f func()) { waitHook = f }
 
 // send sends the call IPI to CPU to, unless injection drops it (a first send, never a
 // resend: with every IPI dropped nothing would ever arrive).
@@ -287,6 +300,7 @@ func Drain(self int) bool {
 		funcs[f](arg)
 		m.done.Store(n)
 		cpus[self].Ran++
+		cpus[self].progress.Add(1)
 		ran = true
 	}
 	if ran {
@@ -294,6 +308,13 @@ func Drain(self int) bool {
 	}
 	return ran
 }
+
+// Progress counts the calls cpu has run for others and the waits for its own calls that have
+// ended: a CPU waiting with interrupts off while calls complete is slow, not stuck (the
+// kernel's watchdog adds this to the timer interrupts it counts). Readable from any CPU.
+//
+// Trap context allowed.
+func Progress(cpu int) uint64 { return cpus[cpu].progress.Load() }
 
 // CPUStats returns cpu's counters (read while calls may run: each is one word).
 func CPUStats(cpu int) Stats { return cpus[cpu].Stats }

@@ -22,19 +22,21 @@ var knownParams = map[string]string{
 	"expect_cpus": "CPUs the smp suite must find online (the boot tests pass QEMU's -smp)",
 	"gc_seconds":  "seconds of guest time the smp suite's parallel GC case allocates (default 30)",
 	// Read by the kernel itself before the runtime starts (kernel/cmdline.go).
-	"acpidump":      "1: print every ACPI table the RSDT/XSDT lists, as hex, at boot",
-	"ap_stuck":      "N: send CPU N to a page that halts instead of the trampoline (tests the start-up bound)",
-	"idt":           "native (default), pvshim (the PV vectors enter through the Xen PV stubs via a shim) or xenpv (under Xen only)",
-	"idt.gate":      "V:trap|intr,...: gate type per vector, e.g. 3:trap lets interrupts nest in #BP handlers",
-	"idt.ist":       "V:N,...: IST slot (0-7, 0 for none) per vector",
-	"nopreempt":     "1: no timer preemption (a mutation: the runtime suite's preempt_spinning_thread must then fail)",
-	"tlbshootdown":  "0: munmap does not shoot down other CPUs' TLBs (a mutation: the xcall suite's tlb_shootdown_no_stale_reads must then fail)",
-	"watchdog":      "0: no stuck-CPU watchdog; warn: report a stuck CPU and go on; 1 (default): report it and end the run as a hang",
-	"watchdog_ms":   "guest ms without a timer interrupt after which a CPU counts as stuck (default 1000)",
-	"xcall.mode":    "drain (default) or naive: waiters for a cross-CPU call do not run the calls sent to them (a mutation: the xcall suite's all-to-all storm must then hang)",
-	"xcall.drop":    "N: drop every Nth cross-CPU call IPI at its sender (the waiters re-send)",
-	"xcall_seconds": "seconds of guest time the xcall suite's all-to-all storm runs (default 10)",
-	"stackguard":    "0: leave the guard pages below the kernel's stacks mapped (a mutation: the fault_guard suite must then fail)",
+	"acpidump":        "1: print every ACPI table the RSDT/XSDT lists, as hex, at boot",
+	"ap_stuck":        "N: send CPU N to a page that halts instead of the trampoline (tests the start-up bound)",
+	"idt":             "native (default), pvshim (the PV vectors enter through the Xen PV stubs via a shim) or xenpv (under Xen only)",
+	"idt.gate":        "V:trap|intr,...: gate type per vector, e.g. 3:trap lets interrupts nest in #BP handlers",
+	"idt.ist":         "V:N,...: IST slot (0-7, 0 for none) per vector",
+	"nopreempt":       "1: no timer preemption (a mutation: the runtime suite's preempt_spinning_thread must then fail)",
+	"tlbshootdown":    "0: munmap does not shoot down other CPUs' TLBs; 2: shootdowns skip idle CPUs, which do not catch up when they wake (mutations: the xcall suite's tlb_shootdown_no_stale_reads must then fail)",
+	"watchdog":        "0: no stuck-CPU watchdog; warn: report a stuck CPU and go on; 1 (default): report it and end the run as a hang",
+	"watchdog_ms":     "guest ms without progress (a timer interrupt, a cross-CPU call run or completed) after which a CPU counts as stuck (default 1000)",
+	"xcall.mode":      "drain (default) or naive: waiters for a cross-CPU call do not run the calls sent to them (a mutation: the xcall suite's all-to-all storm must then hang)",
+	"xcall.drop":      "N: drop every Nth cross-CPU call IPI at its sender (the waiters re-send)",
+	"xcall_seconds":   "seconds of guest time the xcall suite's all-to-all storm runs (default 10)",
+	"console.baud":    "N: pace the console like a UART at N baud (QEMU's takes bytes at once), to see what long writes do on hardware",
+	"consoleprogress": "0: console output is no progress for the watchdog (a mutation: a long paced write must then be reported as a hang)",
+	"stackguard":      "0: leave the guard pages below the kernel's stacks mapped (a mutation: the fault_guard suite must then fail)",
 }
 
 // numbers are the parameters read as decimal numbers, with the range of values that mean what
@@ -42,14 +44,16 @@ var knownParams = map[string]string{
 // errors; the suites read the others: all are checked here, so that a value is never misread,
 // wrapped or silently ignored.
 var numbers = map[string][2]uint64{
-	"acpidump": {0, 1}, "nopreempt": {0, 1}, "stackguard": {0, 1}, "tlbshootdown": {0, 1},
-	"ap_stuck":      {0, trap.MaxCPUs - 1},
-	"watchdog_ms":   {200, 600_000}, // at least twice the 100 ms tick of an idle CPU
-	"xcall.drop":    {0, 1 << 20},
-	"expect_cpus":   {1, trap.MaxCPUs},
-	"gc_mib":        {1, 1 << 16},
-	"gc_seconds":    {1, 3600},
-	"xcall_seconds": {1, 3600},
+	"acpidump": {0, 1}, "nopreempt": {0, 1}, "stackguard": {0, 1}, "tlbshootdown": {0, 2},
+	"ap_stuck":        {0, trap.MaxCPUs - 1},
+	"watchdog_ms":     {200, 600_000}, // at least twice the 100 ms tick of an idle CPU
+	"console.baud":    {300, 4_000_000},
+	"consoleprogress": {0, 1},
+	"xcall.drop":      {0, 1 << 20},
+	"expect_cpus":     {1, trap.MaxCPUs},
+	"gc_mib":          {1, 1 << 16},
+	"gc_seconds":      {1, 3600},
+	"xcall_seconds":   {1, 3600},
 }
 
 // ParseCmdline parses words of the form key=value. Unknown keys, repeated keys, words without

@@ -3,11 +3,14 @@ package ktest
 import (
 	"bytes"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"tracebed/trap"
 )
 
 var known = []string{"runtime", "hang", "fault"}
@@ -114,6 +117,8 @@ func TestKernelNumbersAreValidated(t *testing.T) {
 		_, err := ParseCmdline([]string{w}, nil)
 		assert.NoError(t, err, w)
 	}
-	_, err := ParseCmdline([]string{"ap_stuck=16"}, nil)
+	_, err := ParseCmdline([]string{"ap_stuck=" + strconv.Itoa(trap.MaxCPUs)}, nil)
 	assert.Error(t, err, "CPU numbers stop at trap.MaxCPUs-1")
+	_, err = ParseCmdline([]string{"ap_stuck=" + strconv.Itoa(trap.MaxCPUs-1)}, nil)
+	assert.NoError(t, err)
 }

@@ -1,6 +1,7 @@
 package suites
 
 import (
+	"runtime"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -126,6 +127,35 @@ func onGuardBP(f *trap.Frame) bool {
 	amd64.RestoreInterrupts(fl)
 	return true
 }
+
+// HangXcall leaves CPU 1 spinning with interrupts off and has CPU 0 call it: CPU 0 then waits
+// for the call with interrupts off too, no CPU takes a timer interrupt, and only the watchdog's
+// look from the cross-CPU call's wait can report CPU 1.
+var HangXcall = ktest.Suite{Name: "hang_xcall", Cases: []ktest.Case{{"call_a_stuck_cpu", func(t *ktest.T) {
+	if kernel.OnlineCPUs() < 2 {
+		t.Skip("needs 2 CPUs")
+		return
+	}
+	t.Logf("hanging on purpose: cpu 1 spins with interrupts off, cpu 0 calls it")
+	time.Sleep(10 * time.Millisecond) // let the line reach the console
+	go func() {
+		runtime.LockOSThread()
+		if !kernel.PinCPU(1) {
+			t.Errorf("cannot pin to cpu 1")
+			return
+		}
+		amd64.DisableInterrupts()
+		for {
+			amd64.Pause()
+		}
+	}()
+	runtime.LockOSThread()
+	if !kernel.PinCPU(0) {
+		t.Fatalf("cannot pin to cpu 0")
+	}
+	time.Sleep(50 * time.Millisecond) // cpu 1 is spinning by now
+	t.Errorf("the call returned: %v", kernel.CrossCall(1, xcRecordOwn, 0))
+}}}}
 
 // HangKlock holds klock forever with interrupts off, as a CPU stuck in a system call does:
 // every other CPU then spins for klock, taking no timer interrupt, so only the watchdog's look

@@ -183,19 +183,40 @@ func spin(seed uint64, n int) uint64 {
 	return x
 }
 
-// countPerCPU runs fn in g goroutines, each repeating chunks until the deadline, and counts
-// the chunks each CPU executed.
-func countPerCPU(g int, d time.Duration, chunk func(i int)) []uint64 {
+// countPerCPU runs chunk in g goroutines, each repeating it for d and on until every CPU has
+// run at least one chunk (at most coverLimit × d, so that a CPU the scheduler never uses still
+// fails the case), and counts the chunks each CPU executed. With many vCPUs on few host
+// threads a CPU can go unused for a fixed half second; requiring coverage makes the result
+// depend on whether work spreads, not on how fast the host is. The time until every CPU had
+// taken part is returned too.
+//
+// With cover false it stops at d (for more rounds of a run whose first round covered).
+func countPerCPU(g int, d time.Duration, cover bool, chunk func(i int)) ([]uint64, time.Duration) {
 	counts := make([]atomic.Uint64, kernel.OnlineCPUs())
-	deadline := time.Now().Add(d)
+	start := time.Now()
+	var covered atomic.Int64 // ns after start when the last CPU first ran a chunk, 0 before
+	allRan := func() bool {
+		for i := range counts {
+			if counts[i].Load() == 0 {
+				return false
+			}
+		}
+		return true
+	}
 	var wg sync.WaitGroup
 	for w := 0; w < g; w++ {
 		wg.Add(1)
 		go func(w int) {
 			defer wg.Done()
-			for i := 0; time.Now().Before(deadline); i++ {
+			for {
+				el := time.Since(start)
+				if el >= coverLimit*d || el >= d && (!cover || covered.Load() != 0) {
+					return
+				}
 				chunk(w)
-				counts[kernel.CurrentCPU()].Add(1)
+				if counts[kernel.CurrentCPU()].Add(1) == 1 && allRan() {
+					covered.CompareAndSwap(0, int64(time.Since(start)))
+				}
 			}
 		}(w)
 	}
@@ -204,17 +225,26 @@ func countPerCPU(g int, d time.Duration, chunk func(i int)) []uint64 {
 	for i := range counts {
 		out[i] = counts[i].Load()
 	}
-	return out
+	return out, time.Duration(covered.Load())
 }
 
-// countPinned runs chunk again and again for d on every CPU at once, one thread pinned to each
-// (so that every CPU takes part however the scheduler would spread the work), and returns how
-// many chunks each CPU ran.
-func countPinned(d time.Duration, chunk func()) []uint64 {
+// coverLimit bounds how long countPerCPU and countPinned wait for every CPU to take part, in
+// multiples of the case's own duration.
+const coverLimit = 20
+
+// countPinned runs chunk again and again on every CPU at once, one thread pinned to each (so
+// that every CPU takes part however the scheduler would spread the work), for d and on until
+// each has run it minChunks times (at most coverLimit × d), and returns how many chunks each
+// CPU ran. A pinned thread can start late when many vCPUs share few host threads.
+func countPinned(d time.Duration, minChunks uint64, chunk func()) []uint64 {
 	counts := make([]uint64, kernel.OnlineCPUs())
-	deadline := time.Now().Add(d)
+	start := time.Now()
 	onCPUs(0, len(counts), func(cpu int, pinned bool) {
-		for pinned && time.Now().Before(deadline) { // not pinned: none, and reportPerCPU fails the case
+		for pinned { // not pinned: none, and reportPerCPU fails the case
+			el := time.Since(start)
+			if el >= coverLimit*d || el >= d && counts[cpu] >= minChunks {
+				return
+			}
 			chunk()
 			counts[cpu]++
 		}
@@ -237,8 +267,9 @@ func reportPerCPU(t *ktest.T, key string, counts []uint64) {
 func workOnEveryCPU(t *ktest.T) {
 	n := kernel.OnlineCPUs()
 	var sink atomic.Uint64
-	counts := countPerCPU(2*n, 500*time.Millisecond, func(i int) { sink.Add(spin(uint64(i), 20000)) })
+	counts, covered := countPerCPU(2*n, 500*time.Millisecond, true, func(i int) { sink.Add(spin(uint64(i), 20000)) })
 	reportPerCPU(t, "chunks", counts)
+	t.Diag("every_cpu_ran_after_ms", covered.Milliseconds())
 	var ticks, switches []string
 	for i := 0; i < n; i++ {
 		s := kernel.CPUStat(i)
@@ -387,7 +418,7 @@ func munmapShootdown(t *ktest.T) {
 	var rounds atomic.Int64
 	var bad atomic.Int64
 	var errs sync.Map
-	counts := countPerCPU(2*n, 2*time.Second, func(w int) {
+	counts, covered := countPerCPU(2*n, 2*time.Second, true, func(w int) {
 		m, err := syscall.Mmap(-1, 0, size, syscall.PROT_READ|syscall.PROT_WRITE,
 			syscall.MAP_PRIVATE|syscall.MAP_ANON)
 		if err != nil {
@@ -410,15 +441,22 @@ func munmapShootdown(t *ktest.T) {
 		}
 	})
 	reportPerCPU(t, "rounds", counts)
-	var shoot, flush uint64
+	t.Diag("every_cpu_ran_after_ms", covered.Milliseconds())
+	var shoot, flush, skips, lazy, starved uint64
 	for i := 0; i < n; i++ {
 		s := kernel.CPUStat(i)
 		shoot += s.Shootdowns - before[i].Shootdowns
 		flush += s.TLBFlushes - before[i].TLBFlushes
+		skips += s.TLBLazySkips - before[i].TLBLazySkips
+		lazy += s.TLBLazyFlushes - before[i].TLBLazyFlushes
+		starved += s.StarvedLocks - before[i].StarvedLocks
 	}
 	t.Diag("map_unmap_rounds", rounds.Load())
 	t.Diag("shootdowns", shoot)
 	t.Diag("tlb_flushes_for_others", flush)
+	t.Diag("idle_cpus_skipped", skips)
+	t.Diag("flushes_on_wake", lazy)
+	t.Diag("starved_lock_claims", starved)
 	t.Diag("corrupted_rounds", bad.Load())
 	errs.Range(func(k, _ any) bool { t.Errorf("mmap/munmap: %v", k); return true })
 	if bad.Load() != 0 {
@@ -459,13 +497,14 @@ func gcParallel(t *ktest.T) {
 	// gc_seconds at least, and on until 50 GC cycles have run, for at most four times as long:
 	// the GC's rate depends on the host (TCG vCPUs share its cores), the 50 cycles do not.
 	start := time.Now()
-	counts := countPerCPU(8, time.Duration(secs)*time.Second, alloc)
+	counts, _ := countPerCPU(8, time.Duration(secs)*time.Second, true, alloc)
 	for time.Since(start) < 4*time.Duration(secs)*time.Second {
 		runtime.ReadMemStats(&ms1)
 		if ms1.NumGC-ms0.NumGC >= gcCyclesWanted {
 			break
 		}
-		for i, n := range countPerCPU(8, time.Second, alloc) {
+		more, _ := countPerCPU(8, time.Second, false, alloc)
+		for i, n := range more {
 			counts[i] += n
 		}
 	}
@@ -494,7 +533,7 @@ func gcParallel(t *ktest.T) {
 func clockMonotonicAcrossCPUs(t *ktest.T) {
 	var last atomic.Int64
 	var back, worst atomic.Int64
-	counts := countPinned(500*time.Millisecond, func() {
+	counts := countPinned(500*time.Millisecond, 3, func() {
 		for i := 0; i < 1000; i++ {
 			prev := last.Load()
 			now := kernel.Nanotime()
