@@ -73,6 +73,10 @@ func WriteCR4(v uint64)
 // Invlpg invalidates the TLB entry for one virtual address.
 func Invlpg(va uintptr)
 
+// CallerFrame returns a PC inside its caller and the caller's frame pointer, to walk the
+// caller's own stack (a watchdog report made from a wait). Trap context allowed.
+func CallerFrame() (pc, bp uint64)
+
 // LGDT, LIDT load a descriptor-table register from a 10-byte pseudo-descriptor at p.
 func LGDT(p uintptr)
 func LIDT(p uintptr)

@@ -203,3 +203,11 @@ TEXT ·WriteCR2(SB),NOSPLIT,$0-8
 	MOVQ v+0(FP), AX
 	MOVQ AX, CR2
 	RET
+
+// func CallerFrame() (pc, bp uint64): frameless, so BP is still the caller's frame pointer and
+// 0(SP) a return address inside the caller.
+TEXT ·CallerFrame(SB),NOSPLIT,$0-16
+	MOVQ 0(SP), AX
+	MOVQ AX, pc+0(FP)
+	MOVQ BP, bp+8(FP)
+	RET

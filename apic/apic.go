@@ -32,6 +32,8 @@ const (
 	RegTimerInitial = 0x380
 	RegTimerCurrent = 0x390
 	RegTimerDivide  = 0x3e0
+	RegLVTLINT1     = 0x360
+	lvtNMI          = 4 << 8 // delivery mode NMI (SDM Vol. 3A, Figure 10-8)
 	timerMasked     = 1 << 16
 	divideBy1       = 0xb
 	svrEnable       = 1 << lapic.SVR_ENABLE
@@ -126,9 +128,13 @@ func (l *LAPIC) ID() uint32 {
 	return l.Read(RegID) >> 24
 }
 
-// Init software-enables the APIC with the given spurious vector and stops its timer.
+// Init software-enables the APIC with the given spurious vector, stops its timer, and makes
+// LINT1 an unmasked NMI on every CPU (Linux leaves it to the boot CPU): an external NMI, such
+// as QEMU's inject-nmi (delivered through each CPU's LINT1) or a BMC's, reaches all CPUs, so a
+// host diagnosing a hung guest gets every CPU's backtrace.
 func (l *LAPIC) Init(spurious uint8) {
 	l.Write(RegSVR, svrEnable|uint32(spurious))
+	l.Write(RegLVTLINT1, lvtNMI)
 	l.Write(RegTimerDivide, divideBy1)
 	l.Write(RegLVTTimer, timerMasked)
 	l.Write(RegTimerInitial, 0)

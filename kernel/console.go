@@ -104,6 +104,11 @@ var newline = [1]byte{'\n'}
 // consoleFreshLine ends the line a seized writer left half-written, so that a report's first
 // line parses. With the console seized or borrowed. Trap context.
 func consoleFreshLine() {
+	// A writer may have passed its ownership check just before the seizure: let its byte out
+	// first (a few microseconds; a paced byte's time).
+	for t0 := nanotime(); nanotime()-t0 < 20_000+consoleByteNs; {
+		amd64.Pause()
+	}
 	if consoleMidLine.Load() {
 		consoleRaw(newline[:])
 	}
@@ -114,8 +119,12 @@ func consoleFreshLine() {
 // when the report is done, so the run goes on. ok is false if another CPU's report holds it.
 //
 // Trap context allowed.
-func borrowConsole(c *CPU) (locked, ok bool) {
-	for i := 0; i < seizeSpins && !locked; i++ {
+func borrowConsole(c *CPU) (locked, ok bool) { return borrowConsoleSpins(c, seizeSpins) }
+
+// borrowConsoleSpins is borrowConsole with its wait for consoleLock bounded by spins PAUSEs.
+// Trap context allowed.
+func borrowConsoleSpins(c *CPU, spins int) (locked, ok bool) {
+	for i := 0; i < spins && !locked; i++ {
 		locked = consoleLock.tryLock()
 		amd64.Pause()
 	}
@@ -188,15 +197,15 @@ func initConsoleBaud() {
 //
 // Trap context allowed.
 func consoleTx(c byte) {
-	if consoleOwner.Load() != 0 && !consoleMine() {
-		return
-	}
-	consoleMidLine.Store(c != '\n')
 	if consoleByteNs != 0 {
 		for t0 := nanotime(); nanotime()-t0 < consoleByteNs; {
 			amd64.Pause()
 		}
 	}
+	if consoleOwner.Load() != 0 && !consoleMine() { // checked last: right before the byte goes out
+		return
+	}
+	consoleMidLine.Store(c != '\n')
 	com1.Tx(c)
 }
 

@@ -98,7 +98,7 @@ func SendTestIPI(kind, to int) (from int, ok bool) {
 			return from, false
 		}
 		if kind == IPINMI {
-			return from, lapic.NMI(cpus[to].apicID)
+			return from, sendNMI(&cpus[to])
 		}
 		return from, lapic.IPI(cpus[to].apicID, vecTest)
 	case IPISelf:

@@ -55,6 +55,12 @@ func kmain(startInfo uintptr) {
 	hypervisor, hvLeaf = amd64.DetectHypervisor()
 	parseIDTConfig()
 	noPreempt = cmdlineFlag("nopreempt")
+	if n, ok := cmdlineInt("nmilatch"); ok && n == 0 {
+		noNMILatch = true
+	}
+	if n, ok := cmdlineInt("lockdrain"); ok && n == 0 {
+		noLockDrain = true
+	}
 	if n, ok := cmdlineInt("tlbshootdown"); ok {
 		noShootdown = n == 0
 		noLazyCatchUp = n == 2

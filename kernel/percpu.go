@@ -115,15 +115,16 @@ type CPU struct {
 	stkHi   uintptr
 	kstkMin uintptr // CPU_KSTKMIN: an entry from below this finds the kernel stack overflowed
 
-	id         int
-	apicID     uint32
-	current    int32  // the thread running here (a package sched index); -1 while idle
-	online     uint32 // set by the CPU itself once it runs the scheduler
-	idling     bool   // halted in the idle loop, klock released (guarded by klock)
-	kicked     bool   // a wake IPI is on its way (guarded by klock)
-	inNMI      bool   // running the NMI handler (cross-CPU calls are refused)
-	nmiLatched bool   // an NMI arrived while inNMI: run it when the handler ends
-	lockWait   uint32 // spinning for a kernel lock (InLockWait)
+	id          int
+	apicID      uint32
+	current     int32        // the thread running here (a package sched index); -1 while idle
+	online      uint32       // set by the CPU itself once it runs the scheduler
+	idling      bool         // halted in the idle loop, klock released (guarded by klock)
+	kicked      bool         // a wake IPI is on its way (guarded by klock)
+	inNMI       bool         // running the NMI handler (cross-CPU calls are refused)
+	nmiLatched  bool         // an NMI arrived while inNMI: run it when the handler ends
+	nmiExpected atomic.Int32 // NMIs the kernel sent here and the handler has not yet seen
+	lockWait    uint32       // spinning for a kernel lock (InLockWait)
 
 	watchdogPolled int64 // when a lock wait of this CPU last looked for stuck CPUs (ns)
 	startNs        int64 // how long the AP took from INIT to online

@@ -1,6 +1,7 @@
 package kernel
 
 import (
+	"strings"
 	"sync/atomic"
 
 	"tracebed/amd64"
@@ -162,6 +163,19 @@ func watchdogReport(c *CPU, f *Frame, stuck int, d int64) {
 		s := &watchdog.snap[i]
 		if i == c.id && f == nil {
 			k.s("tracebed: watchdog cpu ").dec(int64(i)).s(": reporting from a wait (a lock's or a cross-CPU call's)").out()
+			pc, bp := amd64.CallerFrame()
+			s.n = c.walkStack(pc, bp, &s.pcs)
+			// The watchdog's own frames say nothing: start at what was waiting.
+			skip := 0
+			for skip < s.n-1 {
+				fn, _, _, found := tab.Lookup(frameLookup(skip, s.pcs[skip]))
+				if !found || !strings.HasPrefix(fn, "tracebed/kernel.watchdog") {
+					break
+				}
+				skip++
+			}
+			s.n = copy(s.pcs[:], s.pcs[skip:s.n])
+			s.printStack(&k, tab, "tracebed: watchdog cpu ", i)
 			continue
 		}
 		if i == c.id {
@@ -170,30 +184,7 @@ func watchdogReport(c *CPU, f *Frame, stuck int, d int64) {
 			k.s("tracebed: watchdog cpu ").dec(int64(i)).s(": no answer to the NMI").out()
 			continue
 		}
-		k.s("tracebed: watchdog cpu ").dec(int64(i)).s(": RIP ").hex(s.rip).s(" RSP ").hex(s.rsp).
-			s(" IF ")
-		if s.rflags&amd64.RFLAGS_IF != 0 {
-			k.c('1')
-		} else {
-			k.c('0')
-		}
-		k.s(" trap depth ").dec(int64(s.depth))
-		if s.tid != 0 {
-			k.s(" thread ").dec(int64(s.tid))
-		}
-		if i == c.id {
-			k.s(" (reporting)")
-		}
-		k.out()
-		k.s("tracebed: watchdog cpu ").dec(int64(i)).s(" stack:")
-		for j, pc := range s.pcs[:s.n] {
-			if fn, _, _, found := tab.Lookup(frameLookup(j, pc)); found {
-				k.c(' ').s(fn)
-			} else {
-				k.c(' ').hex(pc)
-			}
-		}
-		k.out()
+		s.print(&k, tab, "tracebed: watchdog cpu ", i, i == c.id)
 	}
 	k.s("tracebed: cpu ").dec(int64(stuck)).s(" stuck for ").dec(d / 1e6).s(" ms").out()
 	if !watchdog.warn {
@@ -207,17 +198,79 @@ func watchdogReport(c *CPU, f *Frame, stuck int, d int64) {
 	watchdog.reporting.Store(0)
 }
 
-// watchdogSnapshot answers a report's NMI: it records this CPU's interrupted state.
+// print writes s as two lines: "<prefix>N: RIP ... RSP ... IF b trap depth d [thread t]" and
+// "<prefix>N stack: f1 f2 ...", frames named from tab. With the console held. Trap context.
+func (s *cpuSnapshot) print(k *kbuf, tab trap.Table, prefix string, cpu int, reporting bool) {
+	k.s(prefix).dec(int64(cpu)).s(": RIP ").hex(s.rip).s(" RSP ").hex(s.rsp).s(" IF ")
+	if s.rflags&amd64.RFLAGS_IF != 0 {
+		k.c('1')
+	} else {
+		k.c('0')
+	}
+	k.s(" trap depth ").dec(int64(s.depth))
+	if s.tid != 0 {
+		k.s(" thread ").dec(int64(s.tid))
+	}
+	if reporting {
+		k.s(" (reporting)")
+	}
+	k.out()
+	s.printStack(k, tab, prefix, cpu)
+}
+
+// printStack writes "<prefix>N stack: f1 f2 ...". With the console held. Trap context.
+func (s *cpuSnapshot) printStack(k *kbuf, tab trap.Table, prefix string, cpu int) {
+	k.s(prefix).dec(int64(cpu)).s(" stack:")
+	for j, pc := range s.pcs[:s.n] {
+		if fn, _, _, found := tab.Lookup(frameLookup(j, pc)); found {
+			k.c(' ').s(fn)
+		} else {
+			k.c(' ').hex(pc)
+		}
+	}
+	k.out()
+}
+
+// watchdogSnapshot answers a report's NMI: it records this CPU's interrupted state, and says
+// whether the NMI was the report's.
 //
 // Trap context (the NMI handler).
-func watchdogSnapshot(c *CPU, f *Frame) {
+func watchdogSnapshot(c *CPU, f *Frame) bool {
 	s := &watchdog.snap[c.id]
 	if s.want.Load() {
 		s.want.Store(false)
 		s.record(c, f)
 		s.ready.Store(true)
+		return true
+	}
+	return false
+}
+
+// nmiBacktrace answers an NMI nobody in the kernel sent (QEMU's inject-nmi, a host's
+// diagnosis of a guest whose CPUs all spin with interrupts off, where no watchdog runs):
+// this CPU prints its state as the watchdog would, "tracebed: nmi cpu N: ...". Every CPU
+// gets such an NMI at once; they take turns at the console (borrowConsole), each waiting at
+// most nmiPrintNs, and the console lock's holder, stuck too perhaps, only briefly.
+//
+// Trap context (the NMI handler).
+func (c *CPU) nmiBacktrace(f *Frame) {
+	for t0 := nanotime(); ; amd64.Pause() {
+		if locked, ok := borrowConsoleSpins(c, 1<<12); ok {
+			var s cpuSnapshot
+			s.record(c, f)
+			var k kbuf
+			s.print(&k, kernelTable(), "tracebed: nmi cpu ", c.id, false)
+			returnConsole(c, locked)
+			return
+		}
+		if nanotime()-t0 > nmiPrintNs {
+			return
+		}
 	}
 }
+
+// nmiPrintNs bounds how long a CPU waits for its turn to print for an external NMI.
+const nmiPrintNs = 2e9
 
 // record fills s from the state in f. Trap context allowed.
 func (s *cpuSnapshot) record(c *CPU, f *Frame) {

@@ -12,7 +12,7 @@ import (
 	"tracebed/kernel/suites"
 )
 
-var all = []ktest.Suite{suites.Runtime, suites.SMP, suites.Traps, suites.Hang, suites.HangKlock, suites.HangXcall, suites.Fault, suites.FaultNil, suites.FaultConsole,
+var all = []ktest.Suite{suites.Runtime, suites.SMP, suites.Traps, suites.Hang, suites.HangKlock, suites.HangXcall, suites.HangAll, suites.Panic, suites.Fault, suites.FaultNil, suites.FaultConsole,
 	suites.FaultOverflow, suites.FaultGuard, suites.Xcall, suites.Console}
 
 // defaults run when the command line names no suite.

@@ -36,6 +36,8 @@ var knownParams = map[string]string{
 	"xcall_seconds":   "seconds of guest time the xcall suite's all-to-all storm runs (default 10)",
 	"console.baud":    "N: pace the console like a UART at N baud (QEMU's takes bytes at once), to see what long writes do on hardware",
 	"consoleprogress": "0: console output is no progress for the watchdog (a mutation: a long paced write must then be reported as a hang)",
+	"nmilatch":        "0: an NMI arriving inside the NMI handler nests (a mutation: the traps suite's nmi_never_nests must then fail)",
+	"lockdrain":       "0: CPUs spinning for a kernel lock do not run cross-CPU calls (a mutation: the xcall suite's call_cpu_spinning_on_klock must then hang)",
 	"stackguard":      "0: leave the guard pages below the kernel's stacks mapped (a mutation: the fault_guard suite must then fail)",
 }
 
@@ -48,12 +50,12 @@ var numbers = map[string][2]uint64{
 	"ap_stuck":        {0, trap.MaxCPUs - 1},
 	"watchdog_ms":     {200, 600_000}, // at least twice the 100 ms tick of an idle CPU
 	"console.baud":    {300, 4_000_000},
-	"consoleprogress": {0, 1},
-	"xcall.drop":      {0, 1 << 20},
-	"expect_cpus":     {1, trap.MaxCPUs},
-	"gc_mib":          {1, 1 << 16},
-	"gc_seconds":      {1, 3600},
-	"xcall_seconds":   {1, 3600},
+	"consoleprogress": {0, 1}, "nmilatch": {0, 1}, "lockdrain": {0, 1},
+	"xcall.drop":    {0, 1 << 20},
+	"expect_cpus":   {1, trap.MaxCPUs},
+	"gc_mib":        {1, 1 << 16},
+	"gc_seconds":    {1, 3600},
+	"xcall_seconds": {1, 3600},
 }
 
 // ParseCmdline parses words of the form key=value. Unknown keys, repeated keys, words without

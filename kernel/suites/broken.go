@@ -157,6 +157,56 @@ var HangXcall = ktest.Suite{Name: "hang_xcall", Cases: []ktest.Case{{"call_a_stu
 	t.Errorf("the call returned: %v", kernel.CrossCall(1, xcRecordOwn, 0))
 }}}}
 
+// HangAll stops every CPU in spinAllForever with interrupts off, outside any wait: no watchdog
+// can run, so only the host sees it (its timeout, then a diagnosis over QMP, which must name
+// spinAllForever on every vCPU). Run it with watchdog=0: a CPU waiting on another, for a TLB
+// shootdown say, would otherwise report it from that wait.
+var HangAll = ktest.Suite{Name: "hang_all", Cases: []ktest.Case{{"every_cpu_spins_with_interrupts_off", func(t *ktest.T) {
+	t.Logf("hanging on purpose: every CPU spins with interrupts off")
+	time.Sleep(10 * time.Millisecond) // let the line reach the console
+	n := kernel.OnlineCPUs()
+	var pinned atomic.Int32
+	for cpu := 1; cpu < n; cpu++ {
+		go func() {
+			runtime.LockOSThread()
+			if kernel.PinCPU(cpu) {
+				pinned.Add(1)
+				spinAllForever()
+			}
+		}()
+	}
+	runtime.LockOSThread()
+	kernel.PinCPU(0)
+	for t0 := time.Now(); pinned.Load() < int32(n-1) && time.Since(t0) < 2*time.Second; {
+		time.Sleep(time.Millisecond)
+	}
+	spinAllForever()
+}}}}
+
+// hangSpins counts spinAllForever's turns.
+var hangSpins atomic.Uint64
+
+// spinAllForever disables interrupts and spins; the loop itself, not a callee, is where every
+// CPU's RIP lies.
+//
+//go:noinline
+func spinAllForever() {
+	amd64.DisableInterrupts()
+	for {
+		hangSpins.Add(1)
+	}
+}
+
+// Panic tells QEMU the guest panicked through the pvpanic device (port 0x505; run with
+// `-device pvpanic -action panic=pause`): QEMU stops the guest, and the runner must say so at
+// once instead of waiting out its timeout.
+var Panic = ktest.Suite{Name: "pvpanic", Cases: []ktest.Case{{"report_a_panic_to_qemu", func(t *ktest.T) {
+	t.Logf("telling QEMU the guest panicked (pvpanic)")
+	time.Sleep(10 * time.Millisecond)
+	amd64.Out8(0x505, 1)
+	time.Sleep(time.Hour) // QEMU has stopped the guest by now
+}}}}
+
 // HangKlock holds klock forever with interrupts off, as a CPU stuck in a system call does:
 // every other CPU then spins for klock, taking no timer interrupt, so only the watchdog's look
 // from the lock waits can report it.

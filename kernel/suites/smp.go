@@ -106,6 +106,11 @@ func ipiEach(t *ktest.T, kind int, count func(int) func() uint64) {
 	t.Diag("targets", n)
 	t.Diag("seen_us_p50", all[len(all)/2].Microseconds())
 	t.Diag("seen_us_max", all[len(all)-1].Microseconds())
+	us := make([]uint64, len(all))
+	for i, d := range all {
+		us[i] = uint64(d.Microseconds())
+	}
+	t.Diag("seen_us_log2_hist", log2Hist(us))
 }
 
 func ipiFixed(t *ktest.T) { ipiEach(t, kernel.IPIFixed, testIPIs) }
@@ -393,6 +398,11 @@ func futexWakeLatency(t *ktest.T) {
 	t.Diag("wake_us_p50", us(lat[len(lat)/2]))
 	t.Diag("wake_us_p99", us(lat[len(lat)*99/100]))
 	t.Diag("wake_us_max", us(lat[len(lat)-1]))
+	latUs := make([]uint64, len(lat))
+	for i, d := range lat {
+		latUs[i] = uint64(d.Microseconds())
+	}
+	t.Diag("wake_us_log2_hist", log2Hist(latUs))
 	var ipis uint64
 	for i := 0; i < kernel.OnlineCPUs(); i++ {
 		ipis += kernel.CPUStat(i).WakeIPIs

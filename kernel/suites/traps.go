@@ -24,7 +24,8 @@ import (
 // emulated instructions, under STI and MOV SS blocking), hardware breakpoints and watchpoints,
 // page faults and #GP with their error codes, fault-safe reads of random addresses, interrupts
 // nesting in a trap gate's handler but not an interrupt gate's, traps nested in handlers, and
-// RCX/R11 intact across every entry (the point of the idt=pvshim run). Case names follow
+// RCX/R11 intact across every entry (the point of the idt=pvshim run), and an NMI let in early
+// by a fault's IRET inside the NMI handler held until the handler returns. Case names follow
 // kvm-unit-tests x86/debug.c where they overlap.
 var Traps = ktest.Suite{Name: "traps", Cases: []ktest.Case{
 	{Name: "idt_mode", Run: idtMode},
@@ -43,6 +44,7 @@ var Traps = ktest.Suite{Name: "traps", Cases: []ktest.Case{
 	{Name: "timer_in_bp_trap_gate", Run: eachCPU(caseTimerInBP)},
 	{Name: "safe_load_random_100k", Run: caseSafeLoads},
 	{Name: "rcx_r11_intact", Run: eachCPU(caseRegsIntact)},
+	{Name: "nmi_never_nests", Run: eachCPU(caseNMINest)},
 }}
 
 // Routines in traps_amd64.s.
@@ -872,4 +874,77 @@ func caseRegsIntact(t *ktest.T, cpu int) error {
 		return fmt.Errorf("nmi: the NMI IPI was not accepted")
 	}
 	return check("nmi", l, 1, c, r11, gotC, gotR11)
+}
+
+// nmiNest is the state of nmi_never_nests: the CPU under test, whether its handler is armed,
+// and what the handler saw.
+var nmiNest struct {
+	cpu      atomic.Int32
+	armed    atomic.Bool
+	depth    atomic.Int32
+	maxDepth atomic.Int32
+	entries  atomic.Int32
+	faulted  atomic.Bool
+}
+
+// onNestNMI, on the CPU under test, sends that CPU a second NMI from inside the first one's
+// handler (the CPU holds it), then takes a page fault whose IRET lets it in early. The kernel
+// must latch it and run it after this handler returns, never inside it. Trap context (NMI).
+func onNestNMI(f *trap.Frame) bool {
+	if !nmiNest.armed.Load() || int32(kernel.CurrentCPU()) != nmiNest.cpu.Load() {
+		return false
+	}
+	d := nmiNest.depth.Add(1)
+	if d > nmiNest.maxDepth.Load() {
+		nmiNest.maxDepth.Store(d)
+	}
+	if nmiNest.entries.Add(1) == 1 {
+		kernel.SelfNMI()
+		pause(20000) // the second NMI is pending, held back by this one
+		_, fl := trap.SafeLoad64(unmapped)
+		nmiNest.faulted.Store(fl.Failed())
+		pause(20000) // had the #PF's IRET let it nest, it would have run by now
+	}
+	nmiNest.depth.Add(-1)
+	return true
+}
+
+// pause executes n PAUSEs. Trap context allowed.
+func pause(n int) {
+	for i := 0; i < n; i++ {
+		amd64.Pause()
+	}
+}
+
+// caseNMINest: the second NMI runs once, after the first, at depth 1.
+func caseNMINest(t *ktest.T, cpu int) error {
+	prev := trap.Register(idt.NMI, onNestNMI)
+	defer trap.Register(idt.NMI, prev)
+	nmiNest.cpu.Store(int32(cpu))
+	nmiNest.depth.Store(0)
+	nmiNest.maxDepth.Store(0)
+	nmiNest.entries.Store(0)
+	nmiNest.faulted.Store(false)
+	nmiNest.armed.Store(true)
+	if _, ok := kernel.SendTestIPI(kernel.IPINMI, cpu); !ok {
+		nmiNest.armed.Store(false)
+		return fmt.Errorf("cannot send an NMI")
+	}
+	for t0 := time.Now(); nmiNest.entries.Load() < 2 && time.Since(t0) < time.Second; {
+		time.Sleep(time.Millisecond)
+	}
+	nmiNest.armed.Store(false)
+	if cpu == 0 {
+		t.Diag("nmi_handler_entries", nmiNest.entries.Load())
+		t.Diag("nmi_max_depth", nmiNest.maxDepth.Load())
+	}
+	switch {
+	case !nmiNest.faulted.Load():
+		return fmt.Errorf("the read of %#x in the NMI handler did not fault", unmapped)
+	case nmiNest.maxDepth.Load() != 1:
+		return fmt.Errorf("an NMI nested in the NMI handler (depth %d): it must be latched until the handler returns", nmiNest.maxDepth.Load())
+	case nmiNest.entries.Load() != 2:
+		return fmt.Errorf("%d NMI handler runs, want 2 (the second NMI latched, then run)", nmiNest.entries.Load())
+	}
+	return nil
 }

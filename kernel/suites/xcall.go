@@ -485,6 +485,11 @@ func xcStorm(t *ktest.T) {
 		t.Diag("latency_p50_ns", all[len(all)/2])
 		t.Diag("latency_p99_ns", all[len(all)*99/100])
 		t.Diag("latency_max_ns", all[len(all)-1])
+		us := make([]uint64, len(all))
+		for i, ns := range all {
+			us[i] = uint64(ns) / 1000
+		}
+		t.Diag("latency_us_log2_hist", log2Hist(us))
 	}
 	t.Diag("drains_that_ran_calls", drains)
 	t.Diag("ipis_dropped", dropped)
