@@ -1,13 +1,15 @@
 # tracebed: `make run` boots the kernel in QEMU with the default suites; `make test` runs every
-# test, on the host and in QEMU. QEMU comes from Debian's qemu-system-x86, installed on first
-# use when running as root.
+# test, on the host and in QEMU. QEMU comes from Debian's qemu-system-x86, and Chromium (which
+# make test opens the HTML report in, headless) from Debian's chromium, installed on first use
+# when running as root.
 GO     ?= go
 QEMU   ?= qemu-system-x86_64
+CHROMIUM ?= chromium
 KERNEL := build/kernel.elf
 SMP    ?= 4
 RUNFLAGS ?=
 
-.PHONY: all kernel run test torture qemu clean
+.PHONY: all kernel run test torture qemu chromium clean
 all: kernel
 
 kernel:
@@ -22,6 +24,15 @@ qemu:
 	    echo "tracebed: $(QEMU) not found: install it with 'sudo apt-get install qemu-system-x86'" >&2; exit 1; \
 	  fi; }
 
+chromium:
+	@command -v $(CHROMIUM) >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "tracebed: installing Debian's chromium"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "tracebed: $(CHROMIUM) not found: install it with 'sudo apt-get install chromium'" >&2; exit 1; \
+	  fi; }
+
 run: qemu
 	@start=$$(date +%s%N); \
 	$(MAKE) --no-print-directory kernel && \
@@ -32,7 +43,7 @@ run: qemu
 
 # -p 1: one package at a time, so the CPU-heavy fbt differential run never competes with the
 # QEMU boots for this machine's cores (their figures and GC-cycle floors assume they don't).
-test: qemu
+test: qemu chromium
 	$(GO) test -p 1 -count=1 -timeout 60m ./...
 
 # Long runs by hand (about 5 minutes): the xcall storm for 60 s at 4 and 8 CPUs, and the smp

@@ -210,7 +210,7 @@ func TestBadCommandLineFails(t *testing.T) {
 // a 2-core host under TCG: 16 vCPUs per host core). The 4-CPU run keeps the full 30 s of
 // parallel allocation; the others use less to keep CI short.
 func TestSMPSuiteInQEMU(t *testing.T) {
-	for _, tc := range []struct{ cpus, gcSeconds int }{{1, 10}, {2, 10}, {4, 30}, {8, 10}, {16, 5}, {qemu.MaxSMP, 5}} {
+	for _, tc := range []struct{ cpus, gcSeconds int }{{1, 10}, {2, 10}, {4, 30}, {8, 10}, {16, 10}, {qemu.MaxSMP, 10}} {
 		t.Run(strconv.Itoa(tc.cpus)+"cpus", func(t *testing.T) {
 			rep := boot(t, qemu.Config{SMP: tc.cpus, Timeout: 10 * time.Minute,
 				Append: "suite=smp expect_cpus=" + strconv.Itoa(tc.cpus) + " gc_seconds=" + strconv.Itoa(tc.gcSeconds)})

@@ -5,6 +5,7 @@ package qemu
 
 import (
 	"fmt"
+	"regexp"
 	"strconv"
 	"time"
 )
@@ -22,6 +23,8 @@ type Config struct {
 	Extra     []string      // further QEMU arguments
 	Timeout   time.Duration // the run is killed and reported as a hang after this
 	GDB       bool          // -s -S: wait for GDB on tcp::1234
+
+	DiagnoseAfter time.Duration // if > 0: diagnose the guest over QMP after this long (Run)
 }
 
 // Limits on what a Config may ask for.
@@ -73,9 +76,17 @@ func (c Config) Validate() error {
 		return fmt.Errorf("qemu: accelerator %q: use tcg or kvm", c.Accel)
 	case c.Timeout < 0:
 		return fmt.Errorf("qemu: negative timeout %v", c.Timeout)
+	case c.DiagnoseAfter < 0:
+		return fmt.Errorf("qemu: negative diagnosis delay %v", c.DiagnoseAfter)
+	case !machineRE.MatchString(c.Machine):
+		return fmt.Errorf("qemu: machine %s: use q35, pc or microvm (or a versioned pc-q35-X.Y, pc-i440fx-X.Y), optionally with ,key=value options", Quote(c.Machine))
 	}
 	return nil
 }
+
+// Machines is what Validate accepts as a machine name: the x86 machines that boot a PVH
+// kernel, versioned or not, with QEMU's ",key=value" options.
+var machineRE = regexp.MustCompile(`^(q35|pc|microvm|pc-q35-\d+\.\d+|pc-i440fx-\d+\.\d+)(,[a-z0-9-]+=[a-z0-9-]+)*$`)
 
 // Args is QEMU's argument list for c (without the binary).
 func (c Config) Args() []string {

@@ -39,7 +39,7 @@ func TestTrapsSuiteInQEMU(t *testing.T) {
 			require.Len(t, rep.Results, 1)
 			s := rep.Results[0]
 			require.Equal(t, "traps", s.Name)
-			require.Len(t, s.Children, 16)
+			require.Len(t, s.Children, 17)
 			mode, _ := s.Find("idt_mode").Diag("idt")
 			assert.Equal(t, tc.idt, mode)
 			hv, _ := s.Find("idt_mode").Diag("hypervisor")
@@ -77,7 +77,28 @@ func TestTrapsSuiteInQEMU(t *testing.T) {
 				assert.Equal(t, want, v, k)
 			}
 			assert.GreaterOrEqual(t, diagFloat(t, s.Find("nested_traps_in_bp_handler"), "max_depth"), 3.0)
+			nmi := s.Find("nmi_never_nests")
+			assert.Equal(t, 2.0, diagFloat(t, nmi, "nmi_handler_entries"))
+			assert.Equal(t, 1.0, diagFloat(t, nmi, "nmi_max_depth"))
 		})
+	}
+}
+
+// The witness for the NMI latch: with nmilatch=0 the NMI let in by the #PF's IRET runs nested
+// in the NMI handler, and nmi_never_nests must say so (or the run must end worse).
+func TestNMILatchMutationFails(t *testing.T) {
+	rep := boot(t, qemu.Config{SMP: 2, Append: "suite=traps nmilatch=0", Timeout: 5 * time.Minute})
+	require.NotEqual(t, qemu.Pass, rep.Outcome)
+	if rep.Outcome == qemu.Fail {
+		c := rep.Results[0].Find("nmi_never_nests")
+		require.NotNil(t, c, "tail:\n%s", strings.Join(rep.Tail, "\n"))
+		assert.False(t, c.OK)
+		assert.Equal(t, 2.0, diagFloat(t, c, "nmi_max_depth"))
+		for _, o := range rep.Results[0].Children {
+			if o.Name != "nmi_never_nests" {
+				assert.True(t, o.OK, "%s fails only through the mutation", o.Name)
+			}
+		}
 	}
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -37,12 +38,35 @@ func TestBadUsageIsOneLineAndExit2(t *testing.T) {
 }
 
 func TestRunWithMissingKernelOrQEMU(t *testing.T) {
+	dir := t.TempDir()
 	code, _, stderr := tracebed("run", "--kernel", "/nonexistent.elf", "--qemu", "true")
-	assert.Equal(t, 1, code)
+	assert.Equal(t, 2, code)
 	assert.Contains(t, stderr, "kernel image")
+	notELF := filepath.Join(dir, "k.txt")
+	require.NoError(t, os.WriteFile(notELF, []byte("hello"), 0o644))
+	code, _, stderr = tracebed("run", "--kernel", notELF, "--qemu", "true")
+	assert.Equal(t, 2, code)
+	assert.Contains(t, stderr, "not an ELF file")
+	self, err := os.Executable() // an x86-64 ELF, but without a PVH note
+	require.NoError(t, err)
+	code, _, stderr = tracebed("run", "--kernel", self, "--qemu", "true")
+	assert.Equal(t, 2, code)
+	assert.Contains(t, stderr, "no PVH note")
 	code, _, stderr = tracebed("run", "--qemu", "no-such-qemu")
 	assert.Equal(t, 1, code)
 	assert.Contains(t, stderr, "qemu-system-x86")
+}
+
+// Values the library reads as "the default" are mistakes on the command line.
+func TestRunRefusesZeroesAndUnknownMachines(t *testing.T) {
+	for _, args := range [][]string{
+		{"--smp", "0"}, {"--mem", "0"}, {"--accel", ""}, {"--machine", ""}, {"--machine", "virt"},
+		{"--timeout", "0"}, {"--diagnose", "-1s"}, {"--kernel", ""},
+	} {
+		code, _, stderr := tracebed(append([]string{"run", "--qemu", "true"}, args...)...)
+		assert.Equal(t, 2, code, "%v", args)
+		assert.Equal(t, 1, strings.Count(strings.TrimSpace(stderr), "\n")+1, "%v: one line: %q", args, stderr)
+	}
 }
 
 func TestParseCapturedLog(t *testing.T) {
@@ -60,4 +84,38 @@ func TestParseCapturedLog(t *testing.T) {
 	code, _, stderr := tracebed("parse", filepath.Join(dir, "missing.log"))
 	assert.Equal(t, 1, code)
 	assert.Contains(t, stderr, "no such file")
+}
+
+func TestParseJSONAndHostileNames(t *testing.T) {
+	dir := t.TempDir()
+	log := filepath.Join(dir, "x.log")
+	require.NoError(t, os.WriteFile(log, []byte("[    0.100000] KTAP version 1\r\n[    0.100001] 1..1\r\n"+
+		"    KTAP version 1\n    1..2\n    # lat_us=1.5,2,3\n    # error: \x1b[31mred\n    not ok 1 \x1b]0;evil\x07\n    ok 2 b # SKIP why\nnot ok 1 s\n"), 0o644))
+	code, out, _ := tracebed("parse", log)
+	assert.Equal(t, 1, code)
+	assert.NotContains(t, out, "\x1b", "control characters are escaped")
+	assert.Contains(t, out, `not ok s/\x1b]0;evil\a`)
+	assert.Contains(t, out, "FAIL")
+
+	code, out, _ = tracebed("parse", "--json", log)
+	assert.Equal(t, 1, code)
+	var j struct {
+		Outcome string
+		Results []struct {
+			Path, Outcome, Directive string
+			Diags                    map[string]any
+		}
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &j))
+	assert.Equal(t, "FAIL", j.Outcome)
+	require.Len(t, j.Results, 3)
+	assert.Equal(t, "s", j.Results[0].Path)
+	assert.Equal(t, "fail", j.Results[1].Outcome)
+	assert.Equal(t, []any{1.5, 2.0, 3.0}, j.Results[1].Diags["lat_us"])
+	assert.Equal(t, "skip", j.Results[2].Outcome)
+	assert.Equal(t, "SKIP why", j.Results[2].Directive)
+
+	code, _, stderr := tracebed("parse", dir)
+	assert.Equal(t, 2, code)
+	assert.Contains(t, stderr, "directory")
 }
