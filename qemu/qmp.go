@@ -39,17 +39,22 @@ type qmpMessage struct {
 	Data  json.RawMessage `json:"data"`
 }
 
-// DialQMP connects to path, waiting up to wait for QEMU to create it, and negotiates
-// capabilities.
-func DialQMP(path string, wait time.Duration) (*QMP, error) {
+// DialQMP connects to path, waiting up to wait for QEMU to create it (or until stop is
+// closed), and negotiates capabilities.
+func DialQMP(path string, wait time.Duration, stop <-chan struct{}) (*QMP, error) {
 	var conn net.Conn
 	var err error
-	for t0 := time.Now(); ; time.Sleep(20 * time.Millisecond) {
+	for t0 := time.Now(); ; {
 		if conn, err = net.Dial("unix", path); err == nil {
 			break
 		}
 		if time.Since(t0) > wait {
-			return nil, fmt.Errorf("qmp: %w", err)
+			return nil, fmt.Errorf("qmp: QEMU made no socket in %v: %w", wait, err)
+		}
+		select {
+		case <-stop:
+			return nil, errors.New("qmp: the run ended before QEMU made its socket")
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
 	q := &QMP{conn: conn, replies: make(chan qmpMessage, 1), Events: make(chan QMPEvent, 64),

@@ -163,6 +163,9 @@ func Run(cfg Config, live io.Writer) (*Report, error) {
 		}
 		d := &Diagnosis{Reason: reason}
 		if qmp == nil {
+			if qmpErr == nil {
+				qmpErr = errors.New("QEMU has not made its QMP socket yet")
+			}
 			d.Errors = append(d.Errors, fmt.Sprintf("no QMP connection: %v", qmpErr))
 		} else {
 			DiagnoseCPUs(qmp, cfg.Kernel, d)
@@ -193,7 +196,7 @@ func Run(cfg Config, live io.Writer) (*Report, error) {
 	watchers.Add(1)
 	go func() { // QMP: connect, then watch QEMU's events for stop states
 		defer watchers.Done()
-		q, err := DialQMP(sock, 10*time.Second)
+		q, err := DialQMP(sock, 10*time.Second, ended)
 		diagMu.Lock()
 		qmp, qmpErr = q, err
 		diagMu.Unlock()
