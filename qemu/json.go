@@ -1,8 +1,10 @@
 package qemu
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // JSONResult is one KTAP result as data: its path from the top ("smp/cpus_online"), its
@@ -45,21 +47,25 @@ func Flatten(results []*Result) []JSONResult {
 			if prefix != "" {
 				path = prefix + "/" + r.Name
 			}
-			j := JSONResult{Path: path, Depth: depth, Number: r.Number, Name: r.Name,
-				Outcome: outcomeOf(r), Directive: r.Directive}
+			j := JSONResult{Path: safeText(path), Depth: depth, Number: r.Number, Name: safeText(r.Name),
+				Outcome: outcomeOf(r), Directive: safeText(r.Directive)}
 			if len(r.Children) > 0 || r.Planned >= 0 {
 				j.Planned = r.Planned
 			}
 			for _, d := range r.Diags {
 				k, v, ok := strings.Cut(d, "=")
 				if !ok || k == "" || strings.ContainsAny(k, " \t") {
-					j.Notes = append(j.Notes, d)
+					j.Notes = append(j.Notes, safeText(d))
 					continue
 				}
 				if j.Diags == nil {
 					j.Diags = map[string]any{}
 				}
-				j.Diags[k] = DiagValue(v)
+				if dv, isStr := DiagValue(v).(string); isStr {
+					j.Diags[safeText(k)] = safeText(dv)
+				} else {
+					j.Diags[safeText(k)] = DiagValue(v)
+				}
 			}
 			out = append(out, j)
 			walk(r.Children, path, depth+1)
@@ -67,6 +73,35 @@ func Flatten(results []*Result) []JSONResult {
 	}
 	walk(results, "", 0)
 	return out
+}
+
+// safeText escapes what encoding/json leaves raw but a terminal obeys: DEL, the C1 controls
+// (U+0080-U+009F, CSI among them) and invalid UTF-8, as Go escapes ("\x7f", "\u009b").
+func safeText(s string) string {
+	clean := utf8.ValidString(s)
+	for _, r := range s {
+		if r == 0x7f || r >= 0x80 && r < 0xa0 {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	var b strings.Builder
+	for i, w := 0, 0; i < len(s); i += w {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		w = size
+		switch {
+		case r == utf8.RuneError && size == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case r == 0x7f || r >= 0x80 && r < 0xa0:
+			fmt.Fprintf(&b, `\u%04x`, r)
+		default:
+			b.WriteString(s[i : i+size])
+		}
+	}
+	return b.String()
 }
 
 func outcomeOf(r *Result) string {

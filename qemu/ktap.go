@@ -126,13 +126,33 @@ func Quote(s string) string {
 	return strconv.Quote(s)
 }
 
+// maxKept bounds the bytes kept of one name, directive or diagnostic line, so that stored
+// results cost bounded memory however long their lines.
+const maxKept = 4 << 10
+
+// clip cuts s to maxKept bytes, on a character boundary.
+func clip(s string) string {
+	if len(s) <= maxKept {
+		return s
+	}
+	cut := maxKept
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return strings.Clone(s[:cut]) + "..."
+}
+
 // Printable returns a name from a log for a human line: control characters and invalid UTF-8
 // escaped as in Go strings, at most 200 bytes.
 func Printable(s string) string {
 	q := strconv.Quote(s)
 	q = q[1 : len(q)-1]
 	if len(q) > 200 {
-		q = q[:200] + "..."
+		cut := 200
+		for cut > 0 && !utf8.RuneStart(q[cut]) {
+			cut--
+		}
+		q = q[:cut] + "..."
 	}
 	return q
 }
@@ -187,7 +207,7 @@ func (p *Parser) Line(line string) {
 			d := strings.TrimSpace(strings.TrimPrefix(body, "#"))
 			dc := p.docs[depth]
 			if !strings.HasPrefix(d, "Subtest:") && len(dc.diags) < maxDiags {
-				dc.diags = append(dc.diags, d)
+				dc.diags = append(dc.diags, clip(d))
 			}
 		}
 	}
@@ -258,7 +278,8 @@ func (p *Parser) result(depth int, body string) {
 			name, r.Directive = nm, dv
 		}
 	}
-	r.Name = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(name), "- "))
+	r.Name = clip(strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(name), "- ")))
+	r.Directive = clip(r.Directive)
 	d.n++
 	if n != d.n {
 		p.errorf("result %s numbered %d, expected %d", Quote(r.Name), n, d.n)
@@ -288,8 +309,13 @@ func (p *Parser) result(depth int, body string) {
 				}
 			}
 		}
-		// Deeper documents end with their parent's result.
-		for _, x := range p.docs[depth+1:] {
+		// Deeper documents end with their parent's result; one below the child that still
+		// holds results or a plan never got a result line of its own.
+		for i, x := range p.docs[depth+1:] {
+			if i > 0 && x.started && (x.n > 0 || x.plan > 0) {
+				p.errorf("%s: a document at depth %d has %d of %d results and no result line of its own",
+					Quote(r.Name), depth+1+i, x.n, x.plan)
+			}
 			*x = doc{plan: -1}
 		}
 	}

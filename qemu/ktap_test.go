@@ -128,6 +128,9 @@ func TestNoFalsePass(t *testing.T) {
 		"nested TODO parent fails":     "KTAP version 1\n1..1\n    KTAP version 1\n    1..1\n    not ok 1 c\nnot ok 1 s\n",
 		"not ok with SKIP":             "KTAP version 1\n1..1\nnot ok 1 a # SKIP no\n",
 		"second top-level plan":        "KTAP version 1\n1..1\nok 1 a\n1..1\n",
+		"depth 2 cut, after depth 1":   "KTAP version 1\n1..1\n    KTAP version 1\n    1..1\n    ok 1 case\n        KTAP version 1\n        1..5\n        ok 1 a\nok 1 suite\n",
+		"depth 2 under 1..0":           "KTAP version 1\n1..1\n    KTAP version 1\n    1..0\n        KTAP version 1\n        1..5\n        ok 1 a\nok 1 suite\n",
+		"depth 2 orphans":              "KTAP version 1\n1..1\n    KTAP version 1\n    1..1\n    ok 1 case\n        ok 1 a\n        ok 2 b\nok 1 suite\n",
 	} {
 		ok, _ := verdict(log)
 		assert.False(t, ok, name)
@@ -188,6 +191,22 @@ func TestParseBoundedMemory(t *testing.T) {
 	assert.Equal(t, MaxLine, longest)
 	_, err = q.Finish()
 	require.NoError(t, err)
+
+	// Kept text is capped in bytes too: 100 diagnostics of 1 MiB keep 4 KiB each.
+	var big Parser
+	big.Line("KTAP version 1")
+	big.Line("1..1")
+	for i := 0; i < 100; i++ {
+		big.Line("# " + strings.Repeat("y", 1<<20))
+	}
+	big.Line("ok 1 " + strings.Repeat("n", 1<<20))
+	res, err := big.Finish()
+	require.NoError(t, err)
+	require.Len(t, res, 1)
+	assert.LessOrEqual(t, len(res[0].Name), maxKept+3)
+	for _, d := range res[0].Diags {
+		assert.LessOrEqual(t, len(d), maxKept+3)
+	}
 
 	var r Parser
 	r.Line("KTAP version 1")
