@@ -383,22 +383,35 @@ func (m *Matrix) Summary(w io.Writer) {
 
 // suiteCell is "passed/total" of suite s in run, "-" if it did not report.
 func suiteCell(run qemu.JSONRun, s string) string {
-	total, passed, found := 0, 0, false
+	c := Suite(run, s)
+	if !c.Found {
+		return "-"
+	}
+	return fmt.Sprintf("%d/%d", c.Passed, c.Total)
+}
+
+// SuiteCount is how suite s fared in a run: whether it reported, whether its own result
+// failed, and how many of its cases did not fail.
+type SuiteCount struct {
+	Found, Failed bool
+	Passed, Total int
+}
+
+// Suite counts suite s of run.
+func Suite(run qemu.JSONRun, s string) SuiteCount {
+	var c SuiteCount
 	for _, r := range run.Results {
 		if r.Depth == 0 && r.Name == s {
-			found = true
+			c.Found, c.Failed = true, r.Outcome == "fail"
 		}
 		if r.Depth == 1 && strings.HasPrefix(r.Path, s+"/") {
-			total++
+			c.Total++
 			if r.Outcome != "fail" {
-				passed++
+				c.Passed++
 			}
 		}
 	}
-	if !found {
-		return "-"
-	}
-	return fmt.Sprintf("%d/%d", passed, total)
+	return c
 }
 
 // Failed counts the configurations that did not pass.

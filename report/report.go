@@ -160,26 +160,14 @@ func Build(m *matrix.Matrix, base *matrix.Matrix) (*Page, error) {
 }
 
 func suiteCell(run qemu.JSONRun, s string) Cell {
-	total, passed, found, failed := 0, 0, false, false
-	for _, r := range run.Results {
-		if r.Depth == 0 && r.Name == s {
-			found = true
-			failed = r.Outcome == "fail"
-		}
-		if r.Depth == 1 && strings.HasPrefix(r.Path, s+"/") {
-			total++
-			if r.Outcome != "fail" {
-				passed++
-			}
-		}
-	}
+	c := matrix.Suite(run, s)
 	switch {
-	case !found:
+	case !c.Found:
 		return Cell{"—", "none"}
-	case failed || passed < total:
-		return Cell{fmt.Sprintf("%d/%d", passed, total), "fail"}
+	case c.Failed || c.Passed < c.Total:
+		return Cell{fmt.Sprintf("%d/%d", c.Passed, c.Total), "fail"}
 	}
-	return Cell{fmt.Sprintf("%d/%d", passed, total), "pass"}
+	return Cell{fmt.Sprintf("%d/%d", c.Passed, c.Total), "pass"}
 }
 
 // render draws p as an inline SVG of w×h.
