@@ -7,7 +7,11 @@
 //     (a "boosted" copy ending in a jump back), and
 //   - PlanStep: one instruction to single-step with TF, plus what the #DB handler fixes up.
 //
-// Nothing here runs in trap context; the kernel prepares probes with it ahead of time.
+// and a third way with nothing out of line: PlanEmulate, for the few instructions most probe
+// sites hold (emulate.go). Probe specs and function layouts are parsed here too (spec.go).
+//
+// The kernel prepares probes with this package ahead of time; only Step.Resume,
+// Step.ReturnAddress, Emu.Run and Reg run in trap context.
 package fbt
 
 import (

@@ -162,3 +162,33 @@ func cstring(b []byte, off uint64) string {
 	}
 	return unsafe.String(&s[0], n)
 }
+
+// FuncFlagAsm marks a function written in assembly (abi.FuncFlagAsm).
+const FuncFlagAsm = 1 << 2
+
+// funcFlagOff is the offset of the _func's flag byte (runtime2.go: funcID, then flag).
+const funcFlagOff = 41
+
+// NumFuncs is how many functions the table describes.
+func (t *Table) NumFuncs() int { return t.nfunc }
+
+// Func describes the table's function i (0 <= i < NumFuncs, in address order): its name, its
+// [entry, end) in the text (end is the next function's entry, or the text's end), and its
+// flag byte (FuncFlagAsm and the others of abi.FuncFlag). ok is false for an entry the table
+// does not describe consistently.
+//
+// Trap context allowed.
+func (t *Table) Func(i int) (name string, entry, end uintptr, flag uint8, ok bool) {
+	if i < 0 || i >= t.nfunc {
+		return "", 0, 0, 0, false
+	}
+	le := binary.LittleEndian
+	e, next := le.Uint32(t.pcln[8*i:]), le.Uint32(t.pcln[8*(i+1):])
+	funcoff := uint64(le.Uint32(t.pcln[8*i+4:]))
+	if funcoff+funcSize > uint64(len(t.pcln)) || next < e {
+		return "", 0, 0, 0, false
+	}
+	f := t.pcln[funcoff:]
+	name = cstring(t.funcnames, uint64(le.Uint32(f[funcNameOff:])))
+	return name, t.text + uintptr(e), t.text + uintptr(next), f[funcFlagOff], true
+}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"reflect"
 	"runtime"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -77,4 +78,31 @@ func TestSymbolizeRejectsBadInput(t *testing.T) {
 	assert.False(t, ok, "below the text")
 	_, _, _, ok = tab.Lookup(^uintptr(0))
 	assert.False(t, ok, "past the last function")
+}
+
+// Func enumerates what the runtime knows: every function's entry and name agree with
+// FuncForPC, ends chain to the next entry, and assembly functions carry FuncFlagAsm.
+func TestFuncsMatchTheRuntime(t *testing.T) {
+	tab := ownTable(t)
+	require.Greater(t, tab.NumFuncs(), 1000)
+	var prevEnd uintptr
+	asm := map[string]bool{}
+	for i := 0; i < tab.NumFuncs(); i++ {
+		name, entry, end, flag, ok := tab.Func(i)
+		require.True(t, ok, i)
+		require.LessOrEqual(t, entry, end, name)
+		if i > 0 {
+			require.Equal(t, prevEnd, entry, name)
+		}
+		prevEnd = end
+		if f := runtime.FuncForPC(entry); f != nil && f.Entry() == entry && f.Name() != "" && !strings.Contains(f.Name(), "[...]") {
+			require.Equal(t, f.Name(), name)
+		}
+		asm[name] = flag&FuncFlagAsm != 0
+	}
+	assert.True(t, asm["runtime.memmove"], "runtime.memmove is assembly")
+	assert.True(t, asm["tracebed/trap.safeLoad64"], "safeLoad64 is assembly")
+	assert.False(t, asm["tracebed/trap.Dispatch"], "Dispatch is Go")
+	_, _, _, _, ok := tab.Func(tab.NumFuncs())
+	assert.False(t, ok)
 }

@@ -1,0 +1,21 @@
+#include "textflag.h"
+
+TEXT ·Add64(SB), NOSPLIT, $0-32
+	MOVQ a+0(FP), AX
+	MOVQ b+8(FP), BX
+	ADDQ BX, AX
+	PUSHFQ
+	POPQ CX
+	MOVQ AX, res+16(FP)
+	MOVQ CX, flags+24(FP)
+	RET
+
+TEXT ·Sub64(SB), NOSPLIT, $0-32
+	MOVQ a+0(FP), AX
+	MOVQ b+8(FP), BX
+	SUBQ BX, AX
+	PUSHFQ
+	POPQ CX
+	MOVQ AX, res+16(FP)
+	MOVQ CX, flags+24(FP)
+	RET
