@@ -188,7 +188,7 @@ func TestLongConsoleWriteIsProgress(t *testing.T) {
 	cpu, _ := watchdogStuck(t, rep, 3)
 	assert.NotZero(t, cpu, "cpu 0 only sleeps")
 	tail := strings.Join(rep.Tail, "\n")
-	assert.Regexp(t, `tracebed: watchdog cpu 1 stack: (tracebed/amd64\.Pause )?tracebed/kernel\.(consoleTx|consoleRaw) `, tail)
+	assert.Regexp(t, `tracebed: watchdog cpu 1 stack: (tracebed/amd64\.Pause |github\.com/usbarmory/tamago/soc/intel/uart\.\(\*UART\)\.Tx )?tracebed/kernel\.(consoleTx|consoleRaw) `, tail)
 	assert.Regexp(t, `(?m)^tracebed: watchdog: cpu \d made no progress`, tail)
 }
 
