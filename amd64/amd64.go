@@ -27,7 +27,9 @@ const (
 	RFLAGS_AC = 1 << 18
 )
 
-// CPUID executes CPUID with EAX=leaf, ECX=sub.
+// CPUID executes CPUID with EAX=leaf, ECX=sub. It serialises (SDM Vol. 3A, 9.3).
+//
+// Trap context allowed.
 func CPUID(leaf, sub uint32) (eax, ebx, ecx, edx uint32)
 
 // RDMSR reads a model-specific register.

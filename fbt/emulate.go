@@ -115,7 +115,7 @@ func PlanEmulate(insn []byte, from uint64) (*Emu, error) {
 		if r, isReg := reg64(in.Args[1]); isReg {
 			e.op, e.src = emuCmpRR, r
 		} else if m, isMem := mem(in.Args[1]); isMem && m.Index == 0 && m.Base >= x86asm.RAX && m.Base <= x86asm.R15 {
-			e.op, e.base, e.disp = emuCmpRM, int8(m.Base-x86asm.RAX), m.Disp
+			e.op, e.base, e.disp = emuCmpRM, int8(m.Base-x86asm.RAX), int64(int32(m.Disp))
 		} else {
 			ok = false
 		}
@@ -143,11 +143,12 @@ func PlanEmulate(insn []byte, from uint64) (*Emu, error) {
 		if ok && in.AddrSize != 64 {
 			ok = false
 		}
-		e.disp, e.scale = m.Disp, m.Scale
+		// x86asm leaves a disp32 zero-extended in Disp; the CPU sign-extends it.
+		e.disp, e.scale = int64(int32(m.Disp)), m.Scale
 		switch {
 		case !ok:
 		case m.Base == x86asm.RIP:
-			e.target, e.ripRel = e.next+uint64(m.Disp), true
+			e.target, e.ripRel = e.next+uint64(e.disp), true
 		default:
 			if m.Base != 0 {
 				e.base, ok = int8(m.Base-x86asm.RAX), m.Base >= x86asm.RAX && m.Base <= x86asm.R15
@@ -166,6 +167,8 @@ func PlanEmulate(insn []byte, from uint64) (*Emu, error) {
 
 // WritesStack says whether the emulation stores below the interrupted RSP (push, call): the
 // handler must not emulate it when its own frame lies there.
+//
+// Trap context allowed.
 func (e *Emu) WritesStack() bool { return e.op == emuPush || e.op == emuCall }
 
 // The arithmetic flags the emulated instructions set (RFLAGS bits).

@@ -41,14 +41,15 @@ func TestEmulatedFlagsMatchTheCPU(t *testing.T) {
 }
 
 var emuStack [64]uint64
-var emuG [3]uint64
+var emuG [4]uint64
 
 // Each emulated instruction, from its real encoding, against what the CPU would do.
 func TestEmulate(t *testing.T) {
 	// Heap memory (globals): a goroutine stack may move under a uintptr.
 	stack := emuStack[:]
 	top := uint64(uintptr(unsafe.Pointer(&stack[32])))
-	g := emuG[:]
+	g := emuG[1:]
+	emuG[0] = 0x77     // at g-8
 	g[2] = top - 0x100 // a g: stackguard0 at +16
 	gp := uint64(uintptr(unsafe.Pointer(&g[0])))
 	const at = 0x401000
@@ -92,6 +93,16 @@ func TestEmulate(t *testing.T) {
 		{"jbe taken (CF)", []byte{0x76, 0x20}, func(t *testing.T, f *trap.Frame) { assert.Equal(t, uint64(at+2+0x20), f.RIP) }},
 		{"lea rax,[rip+0x100]", []byte{0x48, 0x8d, 0x05, 0x00, 0x01, 0x00, 0x00}, func(t *testing.T, f *trap.Frame) { assert.Equal(t, uint64(at+7+0x100), f.RAX) }},
 		{"lea r12,[rsp-0x80]", []byte{0x4c, 0x8d, 0x64, 0x24, 0x80}, func(t *testing.T, f *trap.Frame) { assert.Equal(t, top-0x80, f.R12) }},
+		{"lea r12,[rsp-0x720] (disp32)", []byte{0x4c, 0x8d, 0xa4, 0x24, 0xe0, 0xf8, 0xff, 0xff}, func(t *testing.T, f *trap.Frame) { assert.Equal(t, top-0x720, f.R12) }},
+		{"lea rax,[rip-0x100]", []byte{0x48, 0x8d, 0x05, 0x00, 0xff, 0xff, 0xff}, func(t *testing.T, f *trap.Frame) { assert.Equal(t, uint64(at+7-0x100), f.RAX) }},
+		{"cmp rsp,[r14-0x8] (disp8)", []byte{0x49, 0x3b, 0x66, 0xf8}, func(t *testing.T, f *trap.Frame) {
+			_, fl := alu.Sub64(top, 0x77)
+			assert.Equal(t, fl&arithMask, f.RFLAGS&arithMask)
+		}},
+		{"cmp rsp,[r14+0x10] (disp32)", []byte{0x49, 0x3b, 0xa6, 0x10, 0x00, 0x00, 0x00}, func(t *testing.T, f *trap.Frame) {
+			_, fl := alu.Sub64(top, top-0x100)
+			assert.Equal(t, fl&arithMask, f.RFLAGS&arithMask)
+		}},
 		{"lea eax,[rbx+rcx*4+8]", []byte{0x8d, 0x44, 0x8b, 0x08}, func(t *testing.T, f *trap.Frame) { assert.Equal(t, uint64(3+0x100*4+8), f.RAX) }},
 		{"nopl 0(rax)", []byte{0x0f, 0x1f, 0x40, 0x00}, func(t *testing.T, f *trap.Frame) { assert.Equal(t, uint64(at+4), f.RIP) }},
 		{"nopw 0(rax,rax)", []byte{0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00}, func(t *testing.T, f *trap.Frame) { assert.Equal(t, uint64(at+6), f.RIP) }},

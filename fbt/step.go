@@ -21,12 +21,16 @@ type Step struct {
 
 // marker is where a relocated relative branch in Code goes when taken: one byte past Code,
 // never executed — the #DB arrives first and Resume maps it to Taken.
+//
+// Trap context allowed.
 func (s *Step) marker() uint64 { return s.To + uint64(len(s.Code)) + 1 }
 
 // Resume maps the RIP the #DB reported to where the original instruction would have gone, and
 // says whether the step is done. A REP string instruction traps after every iteration with RIP
 // still at To: not done, so the handler keeps TF, the scratch register and the slot, and lets
 // the next iteration run.
+//
+// Trap context allowed.
 func (s *Step) Resume(rip uint64) (uint64, bool) {
 	switch {
 	case s.Repeat && rip == s.To:
@@ -41,6 +45,8 @@ func (s *Step) Resume(rip uint64) (uint64, bool) {
 
 // ReturnAddress is the value a call's pushed return address must be replaced with, given the
 // value found at [RSP] after the step (which is To+len(Code) when the step was a call).
+//
+// Trap context allowed.
 func (s *Step) ReturnAddress(pushed uint64) uint64 {
 	if s.Call && pushed == s.To+uint64(len(s.Code)) {
 		return s.FallThrough

@@ -6,6 +6,7 @@ import (
 
 	"tracebed/amd64"
 	"tracebed/idt"
+	"tracebed/trap"
 )
 
 // What the in-kernel suites that exercise traps need from the kernel: running on a chosen CPU,
@@ -64,8 +65,9 @@ func KernelText() (start, end uintptr) { return kernelStart(), kernelTextEnd() }
 // VecTimer is the vector of the LAPIC timer interrupt (counted by package trap).
 const VecTimer = vecTimer
 
-// UnmappedBase is the start of an address range the kernel never maps: the upper canonical
-// half, 2^47 bytes of canonical addresses whose reads fault with #PF.
+// UnmappedBase is the start of an address range the kernel never maps: the first quarter of
+// the upper canonical half, 2^46 bytes of canonical addresses whose reads fault with #PF
+// (tracing maps its areas higher up: textpoke.go).
 const UnmappedBase = 0xffff_8000_0000_0000
 
 // PVPoison is what the pvshim stubs leave in RCX and R11 (frame_amd64.h: PV_POISON).
@@ -76,3 +78,8 @@ const PVPoison = 0x7e57dead0000c0de
 //
 // Trap context allowed.
 func KernelStackGuard(cpu int) uintptr { return stackRegion(cpu).guardPages()[0] }
+
+// Table is the kernel's own pclntab (function names and extents).
+//
+// Trap context allowed.
+func Table() trap.Table { return kernelTable() }

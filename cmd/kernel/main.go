@@ -7,16 +7,17 @@ import (
 	"fmt"
 	"os"
 
+	"tracebed/fbt/live"
 	"tracebed/kernel"
 	"tracebed/kernel/ktest"
 	"tracebed/kernel/suites"
 )
 
 var all = []ktest.Suite{suites.Runtime, suites.SMP, suites.Traps, suites.Hang, suites.HangKlock, suites.HangXcall, suites.HangAll, suites.Panic, suites.Fault, suites.FaultNil, suites.FaultConsole,
-	suites.FaultOverflow, suites.FaultGuard, suites.Xcall, suites.Console}
+	suites.FaultOverflow, suites.FaultGuard, suites.Xcall, suites.Console, suites.FBT}
 
 // defaults run when the command line names no suite.
-var defaults = []string{"runtime", "smp", "traps", "xcall"}
+var defaults = []string{"runtime", "smp", "traps", "xcall", "fbt"}
 
 func main() {
 	var names []string
@@ -38,6 +39,11 @@ func main() {
 				run = append(run, s)
 			}
 		}
+	}
+	// Probes named on the command line are enabled before the first suite and stay enabled.
+	if err := live.Boot(opts.Params, false, os.Stdout); err != nil {
+		ktest.ReportError(os.Stdout, err)
+		os.Exit(1)
 	}
 	fmt.Printf("# tracebed: runtime up %.1f ms after the runtime's first instruction, %d CPU(s)\n",
 		float64(kernel.SinceRuntimeStart().Microseconds())/1000, kernel.OnlineCPUs())

@@ -38,6 +38,13 @@ var knownParams = map[string]string{
 	"consoleprogress": "0: console output is no progress for the watchdog (a mutation: a long paced write must then be reported as a hang)",
 	"nmilatch":        "0: an NMI arriving inside the NMI handler nests (a mutation: the traps suite's nmi_never_nests must then fail)",
 	"lockdrain":       "0: CPUs spinning for a kernel lock do not run cross-CPU calls (a mutation: the xcall suite's call_cpu_spinning_on_klock must then hang)",
+	"fbt.probe":       "probe spec: all, GLOB, GLOB:entry, GLOB:return or FUNC+OFF, comma-separated; enabled before the first suite",
+	"fbt.mode":        "auto (default), step, boost or emulate: how probes run the instruction they displace",
+	"fbt.xol":         "far (default: at least 4 GiB from the text) or near (within rel32 reach): where out-of-line copies run",
+	"fbt.safe":        "0: probe actions run even when the probed code had interrupts off",
+	"fbt.guard":       "0: functions on the probe path may be probed (a mutation: probing one must end in a reported fatal trap)",
+	"fbt.drop_db":     "N: every Nth single-step runs without TF (fault injection: the guard after the copy must catch it)",
+	"fbt_seconds":     "seconds of guest time the fbt suite's all-probes load runs (default 3)",
 	"stackguard":      "0: leave the guard pages below the kernel's stacks mapped (a mutation: the fault_guard suite must then fail)",
 }
 
@@ -56,6 +63,9 @@ var numbers = map[string][2]uint64{
 	"gc_mib":        {1, 1 << 16},
 	"gc_seconds":    {1, 3600},
 	"xcall_seconds": {1, 3600},
+	"fbt.safe":      {0, 1}, "fbt.guard": {0, 1},
+	"fbt.drop_db": {0, 1 << 20},
+	"fbt_seconds": {1, 3600},
 }
 
 // ParseCmdline parses words of the form key=value. Unknown keys, repeated keys, words without

@@ -1,0 +1,793 @@
+package suites
+
+import (
+	"fmt"
+	"reflect"
+	"runtime"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/arch/x86/x86asm"
+
+	"tracebed/amd64"
+	"tracebed/fbt"
+	"tracebed/fbt/live"
+	"tracebed/idt"
+	"tracebed/kernel"
+	"tracebed/kernel/ktest"
+	"tracebed/trap"
+)
+
+// FBT proves function boundary tracing in the live kernel: exact hit counts with the right
+// arguments and return values in every mode, offset probes on every relocation class the
+// kernel's code holds with results equal to an unprobed run, the action's rules (safe mode,
+// nested hits dropped, copyinstr of bad pointers), steps with timer interrupts pending and
+// with their #DB suppressed, other code's INT3 passed on, and every non-toxic function probed
+// under load. The XOL area is far from the text unless fbt.xol=near.
+var FBT = ktest.Suite{Name: "fbt", Cases: []ktest.Case{
+	{Name: "sites", Run: fbtSites},
+	{Name: "exact_counts_emulate", Run: fbtCounts(live.Emulate)},
+	{Name: "exact_counts_boost", Run: fbtCounts(live.Boost)},
+	{Name: "exact_counts_step", Run: fbtCounts(live.Step)},
+	{Name: "exact_counts_auto", Run: fbtCounts(live.Auto)},
+	{Name: "relocation_classes", Run: fbtClassesCase},
+	{Name: "copyinstr", Run: fbtCopyIn},
+	{Name: "safe_mode_if_off", Run: fbtSafe},
+	{Name: "nested_hit_dropped", Run: fbtNestedCase},
+	{Name: "foreign_int3_passed_on", Run: fbtForeign},
+	{Name: "step_with_timer_pending", Run: fbtStepTimer},
+	{Name: "step_db_dropped", Run: fbtDropDB},
+	{Name: "probe_cost", Run: fbtCost},
+	{Name: "all_probes_under_load", Run: fbtAll},
+}}
+
+// The probed functions. noinline keeps them real calls; fbtCallee gives fbtAdd a frame. fbtAdd
+// is nosplit: a function with Go's stack-check prologue runs its first instruction again
+// whenever it is entered with a preemption request pending (morestack returns to the entry),
+// and its entry probe rightly fires twice, which exact counts cannot allow.
+
+//go:noinline
+func fbtCallee(x int) int { return x ^ 0x5a }
+
+//go:noinline
+//go:nosplit
+func fbtAdd(a, b int) int { return fbtCallee(a) + b + 1 }
+
+//go:noinline
+func fbtLeaf(a int) int { return a*3 + 1 }
+
+//go:noinline
+func fbtStr(p uintptr) int { return int(p & 0xff) }
+
+//go:noinline
+func fbtNested() int { return fbtCallee(7) }
+
+// Globals the relocation-class function reads and writes through RIP-relative operands.
+var (
+	fbtGlobal  int64 = 5
+	fbtLimit   int64 = 4
+	fbtStore   int64
+	fbtTable   = [4]int64{1, 2, 3, 4}
+	fbtFuncVar = fbtCallee
+)
+
+// fbtClasses holds, in the code Go generates for it, a RIP-relative load, store and lea, a
+// compare of memory with an immediate, conditional branches, direct calls, an indirect call
+// through a function variable, and a jump table (a dense switch).
+//
+//go:noinline
+func fbtClasses(x int) int {
+	r := int(fbtGlobal) // mov rip-relative
+	if fbtLimit > 3 {   // cmp [rip], imm; jcc
+		r += fbtCallee(x) // call rel32
+	}
+	fbtStore = int64(r + x) // mov to rip-relative
+	switch x & 7 {          // jump table
+	case 0:
+		r += 11
+	case 1:
+		r += 13
+	case 2:
+		r *= 17
+	case 3:
+		r -= 19
+	case 4:
+		r ^= 23
+	case 5:
+		r |= 29
+	case 6:
+		r += int(fbtTable[x&3]) // lea of a RIP-relative table
+	case 7:
+		r += fbtFuncVar(x) // indirect call
+	}
+	return r
+}
+
+func fbtName(fn any) string { return runtime.FuncForPC(reflect.ValueOf(fn).Pointer()).Name() }
+
+// fbtSetup makes sure live is initialised (the command line may not have done it).
+func fbtSetup(t *ktest.T) bool {
+	if err := live.Boot(t.Params, true, new(strings.Builder)); err != nil {
+		t.Fatalf("fbt: %v", err)
+		return false
+	}
+	return true
+}
+
+// fbtProbes returns the entry site and every return site of fn.
+func fbtProbes(t *ktest.T, fn any) (entry int32, rets []int32) {
+	name := fbtName(fn)
+	entry, err := live.Find(name, live.Entry, 0)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	rets = live.Returns(name)
+	if len(rets) == 0 {
+		t.Fatalf("%s: no return sites", name)
+	}
+	return entry, rets
+}
+
+func fbtSum(ids []int32) uint64 {
+	var n uint64
+	for _, id := range ids {
+		n += live.Total(id)
+	}
+	return n
+}
+
+func fbtSites(t *ktest.T) {
+	if !fbtSetup(t) {
+		return
+	}
+	t.Diag("functions", live.NumFuncs)
+	t.Diag("sites", live.NumSites())
+	keys := make([]string, 0, len(live.Toxic))
+	total := 0
+	for k, v := range live.Toxic {
+		keys = append(keys, k)
+		total += v
+	}
+	sort.Strings(keys)
+	t.Diag("toxic", total)
+	for _, k := range keys {
+		t.Diag("toxic_"+strings.ReplaceAll(k, " ", "_"), live.Toxic[k])
+	}
+	for name, want := range map[string]bool{
+		"tracebed/trap.Dispatch": true, "tracebed/kernel.kernelEntry": true, "runtime.memmove": true,
+		"tracebed/fbt.(*Emu).Run": true, "tracebed/fbt/live.finishStep": true, fbtName(fbtAdd): false,
+		"runtime.mallocgc": false,
+	} {
+		why, ok := live.FuncToxic(name)
+		if !ok {
+			t.Errorf("%s: not in the kernel", name)
+		} else if (why != "") != want {
+			t.Errorf("%s: toxic %q (%s), want toxic %v", name, why, live.ToxicPath(name), want)
+		}
+	}
+}
+
+const fbtCalls = 2000
+
+// fbtCounts probes fbtAdd's entry and returns in mode m and calls it fbtCalls times on every
+// CPU at once: each CPU must count exactly fbtCalls entries and returns, and its last records
+// must hold the last call's arguments and result.
+func fbtCounts(m live.Mode) func(t *ktest.T) {
+	return func(t *ktest.T) {
+		if !fbtSetup(t) {
+			return
+		}
+		entry, rets := fbtProbes(t, fbtAdd)
+		ids := append([]int32{entry}, rets...)
+		n := kernel.OnlineCPUs()
+		before := make([]uint64, n)
+		for c := range before {
+			before[c] = live.Count(entry, c)
+		}
+		retBefore := fbtSum(rets)
+		if err := live.Enable(ids, m); err != nil {
+			t.Fatalf("%v", err)
+			return
+		}
+		t.Diag("entry_way", live.How(entry))
+		t.Diag("return_way", live.How(rets[0]))
+		st0 := live.TotalStats()
+		bad := make([]string, n)
+		onCPUs(0, n, func(cpu int, pinned bool) {
+			if !pinned {
+				bad[cpu] = "cannot pin"
+				return
+			}
+			fbtGrowStack(fbtStackDepth)
+			if amd64.Flags()&amd64.RFLAGS_IF == 0 {
+				bad[cpu] = "goroutine running with interrupts off"
+				return
+			}
+			for i := 0; i < fbtCalls; i++ {
+				if got, want := fbtAdd(i, cpu), (i^0x5a)+cpu+1; got != want {
+					bad[cpu] = fmt.Sprintf("fbtAdd(%d, %d) = %d, want %d", i, cpu, got, want)
+					return
+				}
+			}
+			// The last two records: the last call's entry, then its return.
+			r, _, ok := live.Last(cpu)
+			e, ok2 := live.Back(cpu, 1)
+			switch {
+			case !ok || !ok2:
+				bad[cpu] = "no records"
+			case r.Site != rets[0] && !contains32(rets, r.Site):
+				bad[cpu] = fmt.Sprintf("last record at site %d, not a return", r.Site)
+			case int(r.RAX) != ((fbtCalls-1)^0x5a)+cpu+1:
+				bad[cpu] = fmt.Sprintf("return record RAX %d, want %d", r.RAX, ((fbtCalls-1)^0x5a)+cpu+1)
+			case e.Site != entry || e.RAX != fbtCalls-1 || int(e.RBX) != cpu:
+				bad[cpu] = fmt.Sprintf("entry record site %d RAX %d RBX %d, want %d %d %d", e.Site, e.RAX, e.RBX, entry, fbtCalls-1, cpu)
+			case r.CPU != int32(cpu):
+				bad[cpu] = fmt.Sprintf("record CPU %d", r.CPU)
+			}
+		})
+		if err := live.Disable(ids); err != nil {
+			t.Errorf("%v", err)
+		}
+		st := live.TotalStats()
+		t.Diag("emulated", st.Emulated-st0.Emulated)
+		t.Diag("boosted", st.Boosted-st0.Boosted)
+		t.Diag("steps", st.Steps-st0.Steps)
+		for cpu, b := range bad {
+			if b != "" {
+				t.Errorf("cpu %d: %s", cpu, b)
+			}
+		}
+		for c := 0; c < n; c++ {
+			if got := live.Count(entry, c) - before[c]; got != fbtCalls {
+				t.Errorf("cpu %d: %d entries, want %d", c, got, fbtCalls)
+			}
+		}
+		if got, want := fbtSum(rets)-retBefore, uint64(fbtCalls*n); got != want {
+			t.Errorf("%d returns, want %d", got, want)
+		}
+		// Disabled: no more hits.
+		e0 := live.Total(entry)
+		fbtAdd(1, 2)
+		if live.Total(entry) != e0 {
+			t.Errorf("a disabled probe fired")
+		}
+	}
+}
+
+// fbtCold reports whether in, at pc, is on a path the inputs never take: a jump or call to
+// stack growth or a panic (or a jmp back to the function's start after morestack).
+func fbtCold(in *x86asm.Inst, pc uintptr) bool {
+	rel, ok := in.Args[0].(x86asm.Rel)
+	if !ok {
+		return false
+	}
+	target := pc + uintptr(in.Len) + uintptr(int64(rel))
+	if fn := runtime.FuncForPC(target); fn != nil {
+		n := fn.Name()
+		if strings.HasPrefix(n, "runtime.morestack") || strings.HasPrefix(n, "runtime.panic") ||
+			strings.HasPrefix(n, "runtime.goPanic") || fn.Entry() == target && fn == runtime.FuncForPC(pc) {
+			return true
+		}
+	}
+	return false
+}
+
+// fbtGrowStack grows the goroutine's stack ahead of a counted loop: a function entered while
+// its stack must grow runs its first instruction twice (the prologue again after
+// runtime.morestack), and its entry probe fires twice, correctly.
+//
+//go:noinline
+func fbtGrowStack(depth int) int {
+	var pad [512]byte
+	pad[depth%512] = byte(depth)
+	if depth == 0 {
+		return int(pad[0])
+	}
+	return fbtGrowStack(depth-1) + int(pad[depth%512])
+}
+
+const fbtStackDepth = 32 // 16 KiB and more
+
+func contains32(s []int32, v int32) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// relocClass names the relocation class of an instruction, "" for none of interest.
+func relocClass(in *x86asm.Inst) string {
+	rip := false
+	for _, a := range in.Args {
+		if m, ok := a.(x86asm.Mem); ok && m.Base == x86asm.RIP {
+			rip = true
+		}
+	}
+	_, rel := in.Args[0].(x86asm.Rel)
+	switch {
+	case in.Op == x86asm.LEA && rip:
+		return "lea_rip"
+	case in.Op == x86asm.CMP && rip:
+		return "cmp_rip_imm"
+	case in.Op == x86asm.MOV && rip:
+		if _, ok := in.Args[0].(x86asm.Mem); ok {
+			return "store_rip"
+		}
+		return "load_rip"
+	case rip && (in.Op == x86asm.CALL || in.Op == x86asm.JMP):
+		return "branch_through_rip"
+	case rip:
+		return "other_rip"
+	case in.Op == x86asm.CALL && rel:
+		return "call_rel"
+	case in.Op == x86asm.CALL:
+		return "call_indirect"
+	case in.Op == x86asm.JMP && rel:
+		return "jmp_rel"
+	case in.Op == x86asm.JMP:
+		return "jmp_indirect_table"
+	case rel:
+		return "jcc"
+	case in.Op == x86asm.RET:
+		return "ret"
+	}
+	return ""
+}
+
+// fbtClassesCase puts an offset probe, in turn, on every instruction of fbtClasses that has a
+// relocation class, in each mode, and checks that every input gives the unprobed result and
+// global state, and that the probe fired as often as the instruction ran (at least once).
+func fbtClassesCase(t *ktest.T) {
+	if !fbtSetup(t) {
+		return
+	}
+	name := fbtName(fbtClasses)
+	pc := reflect.ValueOf(fbtClasses).Pointer()
+	f := runtime.FuncForPC(pc)
+	code := unsafe.Slice((*byte)(unsafe.Pointer(pc)), 4096)
+	want := make([][2]int64, 16)
+	for x := range want {
+		want[x] = [2]int64{int64(fbtClasses(x)), fbtStore}
+	}
+	classes := map[string]int{}
+	refused := map[string]int{}
+	for off := 0; off < 4096; {
+		in, err := x86asm.Decode(code[off:], 64)
+		if err != nil || runtime.FuncForPC(pc+uintptr(off)) != f {
+			break
+		}
+		cls := relocClass(&in)
+		if cls != "" && off != 0 {
+			for _, m := range []live.Mode{live.Step, live.Boost, live.Auto} {
+				id, err := live.Find(name, live.Offset, off)
+				if err != nil {
+					t.Errorf("+%#x %v: %v", off, in, err)
+					break
+				}
+				if err := live.Enable([]int32{id}, m); err != nil {
+					refused[fmt.Sprintf("%s/%v", cls, m)]++
+					t.Logf("+%#x %v in %v: %v", off, in, m, err)
+					continue
+				}
+				h0 := live.Total(id)
+				for x := range want {
+					got := [2]int64{int64(fbtClasses(x)), fbtStore}
+					if got != want[x] {
+						t.Errorf("%s +%#x (%v) in %v: fbtClasses(%d) = %v, unprobed %v", cls, off, in, m, x, got, want[x])
+					}
+				}
+				hits := live.Total(id) - h0
+				live.Disable([]int32{id})
+				if hits == 0 && !fbtCold(&in, pc+uintptr(off)) {
+					// Every class instruction of the function runs for some x in [0, 16)
+					// but the cold paths: stack growth, bounds-check panics.
+					t.Errorf("%s +%#x (%v) in %v: never fired", cls, off, in, m)
+				}
+				classes[cls]++
+			}
+		}
+		off += in.Len
+	}
+	keys := make([]string, 0, len(classes))
+	for k := range classes {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		t.Diag("class_"+k, classes[k])
+	}
+	t.Diag("refused", live.Counts(refused))
+	for _, need := range []string{"load_rip", "store_rip", "cmp_rip_imm", "jcc", "call_rel", "jmp_indirect_table", "call_indirect", "lea_rip"} {
+		if classes[need] == 0 {
+			t.Errorf("no %s instruction was probed in %s", need, name)
+		}
+	}
+	t.Diag("xol", map[bool]string{false: "far", true: "near"}[t.Params["fbt.xol"] == "near"])
+}
+
+func fbtCopyIn(t *ktest.T) {
+	if !fbtSetup(t) {
+		return
+	}
+	entry, _ := fbtProbes(t, fbtStr)
+	live.SetCopyIn(entry, true)
+	defer live.SetCopyIn(entry, false)
+	if err := live.Enable([]int32{entry}, live.Auto); err != nil {
+		t.Fatalf("%v", err)
+		return
+	}
+	defer live.Disable([]int32{entry})
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	defer kernel.UnpinCPU()
+	kernel.PinCPU(0)
+	msg := []byte("tracebed copyinstr\x00")
+	s0 := live.Stats(0)
+	fbtStr(uintptr(unsafe.Pointer(&msg[0])))
+	runtime.KeepAlive(msg)
+	if _, s, _ := live.Last(0); s != "tracebed copyinstr" {
+		t.Errorf("copied %q", s)
+	}
+	for i := 0; i < 100; i++ { // bad pointers: unmapped, non-canonical, null
+		for _, p := range []uintptr{kernel.UnmappedBase + uintptr(i)*4096, 0x8000_0000_0000_0000 + uintptr(i), uintptr(i)} {
+			fbtStr(p)
+		}
+	}
+	s1 := live.Stats(0)
+	t.Diag("copy_ok", s1.CopyOK-s0.CopyOK)
+	t.Diag("copy_faults", s1.CopyFault-s0.CopyFault)
+	if s1.CopyOK-s0.CopyOK != 1 || s1.CopyFault-s0.CopyFault != 300 {
+		t.Errorf("copies ok %d faulted %d, want 1 and 300", s1.CopyOK-s0.CopyOK, s1.CopyFault-s0.CopyFault)
+	}
+}
+
+// fbtSafe calls a probed function with interrupts off: in safe mode the hit is counted but no
+// action runs; with safe mode off the action runs.
+func fbtSafe(t *ktest.T) {
+	if !fbtSetup(t) {
+		return
+	}
+	entry, _ := fbtProbes(t, fbtLeaf)
+	if err := live.Enable([]int32{entry}, live.Auto); err != nil {
+		t.Fatalf("%v", err)
+		return
+	}
+	defer live.Disable([]int32{entry})
+	defer live.SetSafe(t.Params["fbt.safe"] != "0")
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	defer kernel.UnpinCPU()
+	kernel.PinCPU(0)
+	for _, safe := range []bool{true, false} {
+		live.SetSafe(safe)
+		s0 := live.Stats(0)
+		fl := amd64.DisableInterrupts()
+		r := fbtLeaf(4)
+		amd64.RestoreInterrupts(fl)
+		s1 := live.Stats(0)
+		if r != 13 {
+			t.Errorf("fbtLeaf(4) = %d under a probe with IF=0", r)
+		}
+		skipped, actions := s1.SafeSkipped-s0.SafeSkipped, s1.Actions-s0.Actions
+		if safe && (skipped != 1 || actions != 0) || !safe && (skipped != 0 || actions != 1) {
+			t.Errorf("safe=%v: %d skipped, %d actions", safe, skipped, actions)
+		}
+	}
+}
+
+// fbtNestedCase makes fbtAdd's action call fbtNested, which is probed too: that hit is
+// counted and dropped (no action, no recursion), and both functions work.
+func fbtNestedCase(t *ktest.T) {
+	if !fbtSetup(t) {
+		return
+	}
+	outer, _ := fbtProbes(t, fbtAdd)
+	inner, _ := fbtProbes(t, fbtNested)
+	if err := live.Enable([]int32{outer, inner}, live.Auto); err != nil {
+		t.Fatalf("%v", err)
+		return
+	}
+	var ran atomic.Int32
+	live.SetNestHook(func() { ran.Add(1); fbtNested() })
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	defer kernel.UnpinCPU()
+	kernel.PinCPU(0)
+	s0 := live.Stats(0)
+	i0 := live.Total(inner)
+	r := fbtAdd(1, 2)
+	live.SetNestHook(nil)
+	live.Disable([]int32{outer, inner})
+	s1 := live.Stats(0)
+	if r != (1^0x5a)+3 {
+		t.Errorf("fbtAdd = %d", r)
+	}
+	// The outer action ran once and called fbtNested, whose hit was dropped.
+	if ran.Load() != 1 || live.Total(inner)-i0 != 1 || s1.NestedDropped-s0.NestedDropped != 1 || s1.Actions-s0.Actions != 1 {
+		t.Errorf("hook ran %d, inner hits %d, dropped %d, actions %d; want 1 each",
+			ran.Load(), live.Total(inner)-i0, s1.NestedDropped-s0.NestedDropped, s1.Actions-s0.Actions)
+	}
+	t.Diag("nested_dropped", s1.NestedDropped-s0.NestedDropped)
+}
+
+// fbtForeign raises an INT3 that is no probe's while probes are enabled: the traps suite's
+// handler (installed before or after live's) gets it.
+func fbtForeign(t *ktest.T) {
+	if !fbtSetup(t) {
+		return
+	}
+	install()
+	entry, _ := fbtProbes(t, fbtAdd)
+	if err := live.Enable([]int32{entry}, live.Step); err != nil {
+		t.Fatalf("%v", err)
+		return
+	}
+	defer live.Disable([]int32{entry})
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	defer kernel.UnpinCPU()
+	kernel.PinCPU(0)
+	l := arm(idt.Breakpoint)
+	s0 := live.Stats(0)
+	int3Site()
+	r := fbtAdd(3, 4)
+	int3Site()
+	s1 := live.Stats(0)
+	n := l.n
+	arm()
+	// Whichever handler comes first in the chain passes the other's trap on.
+	if n != 2 || s1.Hits-s0.Hits != 1 || r != (3^0x5a)+5 {
+		t.Errorf("the traps handler saw %d INT3s (want 2), the probe %d hits (want 1); fbtAdd = %d", n, s1.Hits-s0.Hits, r)
+	}
+	t.Diag("passed_on_by_fbt", s1.PassedBP-s0.PassedBP)
+}
+
+// fbtStepTimer single-steps probes while the CPU's timer is armed to fire at once: the
+// interrupt waits for the step (IF is clear during it), then is taken; no #DB lands anywhere
+// but the step copy.
+func fbtStepTimer(t *ktest.T) {
+	if !fbtSetup(t) {
+		return
+	}
+	entry, rets := fbtProbes(t, fbtAdd)
+	ids := append([]int32{entry}, rets...)
+	if err := live.Enable(ids, live.Step); err != nil {
+		t.Fatalf("%v", err)
+		return
+	}
+	defer live.Disable(ids)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	defer kernel.UnpinCPU()
+	kernel.PinCPU(0)
+	fbtGrowStack(fbtStackDepth)
+	t0 := trap.Count(0, kernel.VecTimer)
+	s0 := live.Stats(0)
+	const n = 500
+	for i := 0; i < n; i++ {
+		fl := amd64.DisableInterrupts()
+		kernel.FireTimerIn(1000)
+		amd64.RestoreInterrupts(fl)
+		if got := fbtAdd(i, 1); got != (i^0x5a)+2 {
+			t.Fatalf("fbtAdd(%d, 1) = %d", i, got)
+			return
+		}
+	}
+	s1 := live.Stats(0)
+	timers := trap.Count(0, kernel.VecTimer) - t0
+	t.Diag("timer_interrupts", timers)
+	t.Diag("steps", s1.Steps-s0.Steps)
+	if s1.Steps-s0.Steps < 2*n || s1.PassedDB != s0.PassedDB {
+		t.Errorf("%d steps (want %d), %d #DB passed on (want 0)", s1.Steps-s0.Steps, 2*n, s1.PassedDB-s0.PassedDB)
+	}
+	if timers < n/4 {
+		t.Errorf("only %d timer interrupts in %d armed steps", timers, n)
+	}
+}
+
+// fbtDropDB suppresses every third step's trap flag: the guard after the copy catches each,
+// the counts stay exact, and nothing runs away.
+func fbtDropDB(t *ktest.T) {
+	if !fbtSetup(t) {
+		return
+	}
+	entry, rets := fbtProbes(t, fbtAdd)
+	ids := append([]int32{entry}, rets...)
+	if err := live.Enable(ids, live.Step); err != nil {
+		t.Fatalf("%v", err)
+		return
+	}
+	live.SetDropDB(3)
+	st0 := live.TotalStats()
+	e0, r0 := live.Total(entry), fbtSum(rets)
+	n := kernel.OnlineCPUs()
+	var bad atomic.Int32
+	onCPUs(0, n, func(cpu int, pinned bool) {
+		fbtGrowStack(fbtStackDepth)
+		for i := 0; i < 300; i++ {
+			if fbtAdd(i, cpu) != (i^0x5a)+cpu+1 {
+				bad.Add(1)
+			}
+		}
+	})
+	live.SetDropDB(0)
+	live.Disable(ids)
+	st := live.TotalStats()
+	t.Diag("missed_db_caught", st.MissedDB-st0.MissedDB)
+	if bad.Load() != 0 {
+		t.Errorf("%d wrong results", bad.Load())
+	}
+	if e, r := live.Total(entry)-e0, fbtSum(rets)-r0; e != uint64(300*n) || r != uint64(300*n) {
+		t.Errorf("%d entries, %d returns, want %d each", e, r, 300*n)
+	}
+	if st.MissedDB-st0.MissedDB < uint64(100*n) {
+		t.Errorf("%d missed #DBs caught, want at least %d", st.MissedDB-st0.MissedDB, 100*n)
+	}
+}
+
+// fbtCost measures a probed call against the same call unprobed, in each mode.
+func fbtCost(t *ktest.T) {
+	if !fbtSetup(t) {
+		return
+	}
+	entry, _ := fbtProbes(t, fbtAdd)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	defer kernel.UnpinCPU()
+	kernel.PinCPU(0)
+	const n = 20000
+	timeCalls := func() float64 {
+		t0 := time.Now()
+		for i := 0; i < n; i++ {
+			fbtAdd(i, 0)
+		}
+		return float64(time.Since(t0).Nanoseconds()) / n
+	}
+	base := timeCalls()
+	t.Diag("unprobed_ns", fmt.Sprintf("%.0f", base))
+	for _, m := range []live.Mode{live.Emulate, live.Boost, live.Step} {
+		if err := live.Enable([]int32{entry}, m); err != nil {
+			t.Errorf("%v", err)
+			continue
+		}
+		ns := timeCalls()
+		live.Disable([]int32{entry})
+		t.Diag(m.String()+"_ns", fmt.Sprintf("%.0f", ns-base))
+		t.Diag(m.String()+"_ratio", fmt.Sprintf("%.1f", ns/base))
+	}
+}
+
+// fbtAll probes the entry and every return of every function that may be probed (the runtime
+// and the standard library included) while every CPU runs goroutines that allocate, fill
+// maps, pass values through channels and collect garbage for fbt_seconds; the workload's
+// own checks must pass and probes must fire on every CPU.
+func fbtAll(t *ktest.T) {
+	if !fbtSetup(t) {
+		return
+	}
+	secs, err := ktest.Options{Params: t.Params}.IntParam("fbt_seconds", 3)
+	if err != nil {
+		t.Fatalf("%v", err)
+		return
+	}
+	sel, err := live.Resolve(fbtAllSpec)
+	if err != nil {
+		t.Fatalf("%v", err)
+		return
+	}
+	m := live.Auto
+	if v, ok := t.Params["fbt.mode"]; ok {
+		m, _ = live.ParseMode(v)
+	}
+	n := kernel.OnlineCPUs()
+	before := make([]uint64, n)
+	for c := range before {
+		before[c] = live.Stats(c).Hits
+	}
+	t0 := time.Now()
+	ways, err := live.EnableSelection(sel, m)
+	if err != nil {
+		t.Fatalf("%v", err)
+		return
+	}
+	t.Diag("enable_ms", time.Since(t0).Milliseconds())
+	enabled := 0
+	for _, v := range ways {
+		enabled += v
+	}
+	t.Diag("sites_enabled", enabled)
+	t.Diag("ways", live.Counts(ways))
+	t.Diag("skipped", live.Counts(sel.Skipped))
+	bad := make([]string, n)
+	deadline := time.Now().Add(time.Duration(secs) * time.Second)
+	rounds := make([]int, n)
+	onCPUs(0, n, func(cpu int, pinned bool) {
+		for time.Now().Before(deadline) {
+			if err := fbtWorkload(cpu, rounds[cpu]); err != "" {
+				bad[cpu] = err
+				return
+			}
+			rounds[cpu]++
+		}
+	})
+	t1 := time.Now()
+	if err := live.Disable(sel.IDs); err != nil {
+		t.Errorf("%v", err)
+	}
+	t.Diag("disable_ms", time.Since(t1).Milliseconds())
+	st := live.TotalStats()
+	t.Diag("hits", st.Hits)
+	t.Diag("safe_skipped", st.SafeSkipped)
+	for c := 0; c < n; c++ {
+		t.Diag(fmt.Sprintf("cpu%d_last_safe_skipped", c), live.LastSafeSkipped(c))
+	}
+	t.Diag("nested_dropped", st.NestedDropped)
+	t.Diag("rounds", fmt.Sprint(rounds))
+	t.Diag("workload_if_off", fbtIFOff.Load())
+	for c := 0; c < n; c++ {
+		if bad[c] != "" {
+			t.Errorf("cpu %d: %s", c, bad[c])
+		}
+		if h := live.Stats(c).Hits - before[c]; h == 0 {
+			t.Errorf("cpu %d: no probe fired", c)
+		}
+	}
+	if enabled < 1000 {
+		t.Errorf("only %d sites enabled", enabled)
+	}
+}
+
+var fbtAllSpec, _ = fbt.ParseSpec("all")
+
+// fbtWorkload is one round of the load: a map, a channel pipeline and garbage, checked.
+var fbtIFOff atomic.Int64
+
+func fbtWorkload(cpu, round int) string {
+	if amd64.Flags()&amd64.RFLAGS_IF == 0 {
+		fbtIFOff.Add(1)
+	}
+	mp := map[int]string{}
+	for i := 0; i < 200; i++ {
+		mp[i] = fmt.Sprint(i * cpu)
+	}
+	for i := 0; i < 200; i++ {
+		if mp[i] != fmt.Sprint(i*cpu) {
+			return fmt.Sprintf("map[%d] = %q", i, mp[i])
+		}
+	}
+	ch := make(chan int, 4)
+	done := make(chan int)
+	go func() {
+		s := 0
+		for v := range ch {
+			s += v
+		}
+		done <- s
+	}()
+	for i := 0; i < 100; i++ {
+		ch <- i
+	}
+	close(ch)
+	if s := <-done; s != 4950 {
+		return fmt.Sprintf("channel sum %d", s)
+	}
+	garbage := make([][]byte, 64)
+	for i := range garbage {
+		garbage[i] = make([]byte, 4096)
+		garbage[i][0] = byte(i)
+	}
+	for i := range garbage {
+		if garbage[i][0] != byte(i) {
+			return "garbage corrupted"
+		}
+	}
+	if round%20 == 0 {
+		runtime.GC()
+	}
+	return ""
+}

@@ -1,0 +1,109 @@
+package kernel
+
+import (
+	"unsafe"
+
+	"tracebed/amd64"
+	"tracebed/xcall"
+)
+
+// What function-boundary tracing (package fbt/live) needs from the kernel: writing kernel
+// text through a temporary alias, out-of-line (XOL) memory mapped twice, and a point at which
+// every CPU has serialised.
+
+// Addresses in the upper half the kernel maps for tracing. UnmappedBase's quarter below them
+// is never mapped (the traps suite reads there to fault).
+const (
+	pokeAlias = 0xffff_d000_0000_0000 // one page: the text page being patched, writable, NX
+	// XOLFar is at least 4 GiB from the text (which lies in the low 4 GiB): every RIP-relative
+	// operand and branch of a copy there takes the relocator's far path.
+	XOLFar      = 0xffff_f000_0000_0000
+	xolFarWrite = 0xffff_e000_0000_0000
+	// XOLNear is within rel32 reach of the text (the top 256 MiB of the address space is at a
+	// 32-bit signed distance from the low 2 GiB).
+	XOLNear      = 0xffff_ffff_f000_0000
+	xolNearWrite = 0xffff_ffff_e000_0000
+	// XOLMax bounds an XOL area's size.
+	XOLMax = 64 << 20
+)
+
+// PokeText stores b at addr, a byte of kernel text, through a writable alias of its page (as
+// Linux's text_poke does): the text mapping itself stays read-only. One store of one byte, so
+// another CPU executing the instruction sees the old byte or the new one, never a mix. The
+// caller serialises pokes and the CPUs (SyncCPUs) as the cross-modifying-code rules require.
+// false when addr is not kernel text.
+//
+// Goroutine code.
+func PokeText(addr uintptr, b byte) bool {
+	if addr < kernelStart() || addr >= kernelTextEnd() {
+		return false
+	}
+	page := uint64(addr) &^ (pageSize - 1) // identity-mapped: the frame is the address
+	fl := amd64.DisableInterrupts()
+	vmLock.lock()
+	ok := kpt.mapPage(pokeAlias, page, pteWrite|pteNX) == ptOK
+	if ok {
+		*(*byte)(unsafe.Pointer(uintptr(pokeAlias + uint64(addr)%pageSize))) = b
+		kpt.unmapPage(pokeAlias)
+		invlpg(pokeAlias) // only this CPU ever touched the alias
+	}
+	vmLock.unlock()
+	amd64.RestoreInterrupts(fl)
+	return ok
+}
+
+// MapXOL maps size bytes of fresh zeroed memory twice: at exec read-only and executable, and at
+// the matching write address (XOLFar's or XOLNear's alias) writable and NX, so that copies are
+// written through one mapping and run from the other (W^X). It returns the write address.
+//
+// Goroutine code, once per area.
+func MapXOL(exec uintptr, size uintptr) (write uintptr, ok bool) {
+	switch exec {
+	case XOLFar:
+		write = xolFarWrite
+	case XOLNear:
+		write = xolNearWrite
+	default:
+		return 0, false
+	}
+	if size == 0 || size > XOLMax {
+		return 0, false
+	}
+	fl := amd64.DisableInterrupts()
+	vmLock.lock()
+	ok = true
+	for off := uint64(0); off < uint64(size) && ok; off += pageSize {
+		pa, got := pmem.alloc()
+		ok = got && kpt.mapPage(uint64(exec)+off, pa, 0) == ptOK &&
+			kpt.mapPage(uint64(write)+off, pa, pteWrite|pteNX) == ptOK
+		if ok {
+			zeroPage(pa)
+		}
+	}
+	vmLock.unlock()
+	amd64.RestoreInterrupts(fl)
+	return write, ok
+}
+
+var syncCall xcall.Func
+
+// serialize is SyncCPUs' cross-CPU call: CPUID serialises (SDM Vol. 3A, 9.3).
+//
+// Trap context (a cross-CPU call).
+func serialize(uintptr) { amd64.CPUID(0, 0) }
+
+// SyncCPUs returns once every online CPU has executed a serialising instruction after the
+// call began: after it, no CPU runs an instruction fetched before a preceding PokeText, and
+// none is inside a trap handler that began before it (handlers run with interrupts off, so
+// the call waits for them). false if a CPU did not answer.
+//
+// Goroutine code.
+func SyncCPUs() bool {
+	return CrossBroadcast(1<<uint(ncpuOnline)-1, syncCall, 0) == xcall.OK
+}
+
+// OnCPUStacks reports whether a lies in this CPU's kernel or IST stacks: a trap that
+// interrupted code running there has its frame right below the interrupted RSP.
+//
+// Trap context allowed.
+func OnCPUStacks(a uint64) bool { return thisCPU().onStacks(a) }

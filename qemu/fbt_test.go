@@ -1,0 +1,113 @@
+package qemu_test
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"tracebed/qemu"
+)
+
+// fbtCases are the fbt suite's cases.
+var fbtCases = []string{"sites", "exact_counts_emulate", "exact_counts_boost", "exact_counts_step",
+	"exact_counts_auto", "relocation_classes", "copyinstr", "safe_mode_if_off", "nested_hit_dropped",
+	"foreign_int3_passed_on", "step_with_timer_pending", "step_db_dropped", "probe_cost",
+	"all_probes_under_load"}
+
+// fbtBoot boots the fbt suite with extra words and requires every case to pass.
+func fbtBoot(t *testing.T, cpus int, words string) *qemu.Result {
+	t.Helper()
+	rep := boot(t, qemu.Config{SMP: cpus, Append: "suite=fbt fbt_seconds=2 " + words, Timeout: 5 * time.Minute})
+	require.Equal(t, qemu.Pass, rep.Outcome, "tail:\n%s", strings.Join(rep.Tail, "\n"))
+	require.Len(t, rep.Results, 1)
+	s := rep.Results[0]
+	for _, name := range fbtCases {
+		c := s.Find(name)
+		require.NotNil(t, c, name)
+		assert.True(t, c.OK, name)
+		t.Logf("%s: %v", name, c.Diags)
+	}
+	return s
+}
+
+// Every mode (the suite runs each), natively at 1 and 4 CPUs, with the XOL area far from the
+// text; the all-probes load in the default mode, auto.
+func TestFBTSuiteInQEMU(t *testing.T) {
+	for _, cpus := range []int{1, 4} {
+		t.Run(strconv.Itoa(cpus)+"cpus", func(t *testing.T) {
+			s := fbtBoot(t, cpus, "")
+			all := s.Find("all_probes_under_load")
+			assert.Greater(t, diagFloat(t, all, "sites_enabled"), 1000.0)
+			assert.Greater(t, diagFloat(t, all, "hits"), 10000.0)
+		})
+	}
+}
+
+// The Xen PV entry stubs carry #BP and #DB: single-step and auto under idt=pvshim, the
+// all-probes load stepping every site.
+func TestFBTUnderPVShim(t *testing.T) {
+	for _, mode := range []string{"step", "auto"} {
+		t.Run(mode, func(t *testing.T) {
+			s := fbtBoot(t, 2, "idt=pvshim fbt.mode="+mode)
+			if mode == "step" {
+				ways, _ := s.Find("all_probes_under_load").Diag("ways")
+				assert.Regexp(t, `^step: \d+$`, ways)
+			}
+		})
+	}
+}
+
+// The XOL area within rel32 reach: the relocation classes again, through the near paths.
+func TestFBTNearXOL(t *testing.T) {
+	s := fbtBoot(t, 2, "fbt.xol=near")
+	xol, _ := s.Find("relocation_classes").Diag("xol")
+	assert.Equal(t, "near", xol)
+}
+
+// Probes named on the command line are enabled before the first suite and stay enabled: the
+// runtime and traps suites pass under them, and the banner says what was enabled.
+func TestSuitesUnderProbes(t *testing.T) {
+	spec := "fbt.probe=tracebed/kernel/suites.*:entry,runtime.mallocgc:return,runtime.mapassign_fast64,runtime.chansend1,runtime.newobject+0x4"
+	var console strings.Builder
+	rep, err := qemu.Run(qemu.Config{Kernel: kernel(t), SMP: 2, Append: "suite=runtime,traps gc_mib=256 " + spec,
+		Timeout: 5 * time.Minute}, &console)
+	require.NoError(t, err)
+	require.Equal(t, qemu.Pass, rep.Outcome, "tail:\n%s", strings.Join(rep.Tail, "\n"))
+	assert.Regexp(t, `# fbt: \d+ probes enabled in mode auto`, console.String())
+}
+
+// Bad specs are a failed cmdline result with the reason; so is a toxic function while the
+// guard is on.
+func TestFBTBadSpecFails(t *testing.T) {
+	for _, tc := range []struct{ spec, want string }{
+		{"fbt.probe=no.such.function", `no function "no.such.function"`},
+		{"fbt.probe=tracebed/kernel/suites.fbtClasses+0x1", "not an instruction boundary"},
+		{"fbt.probe=runtime.[abc", "malformed glob"},
+		{"fbt.probe=tracebed/trap.Dispatch", "never probed"},
+		{"fbt.mode=fast", "want auto, step, boost or emulate"},
+		{"fbt.xol=moon", "want far or near"},
+	} {
+		t.Run(tc.spec, func(t *testing.T) {
+			rep := boot(t, qemu.Config{Append: "suite=runtime " + tc.spec, Timeout: 2 * time.Minute})
+			assert.Equal(t, qemu.Fail, rep.Outcome)
+			require.Len(t, rep.Results, 1)
+			assert.Equal(t, "cmdline", rep.Results[0].Name)
+			assert.False(t, rep.Results[0].OK)
+			assert.Contains(t, strings.Join(rep.Tail, "\n"), tc.want)
+		})
+	}
+}
+
+// The toxic-function guard is needed: with it off, a probe on the #BP path itself
+// (trap.Dispatch, which every exception the kernel does not handle itself goes through, the
+// traps suite's INT3 first) traps again inside its own handling
+// until the kernel stack overflows, which is reported as a fatal trap, not a hang.
+func TestFBTGuardOffIsFatal(t *testing.T) {
+	rep := boot(t, qemu.Config{Append: "suite=traps fbt.guard=0 fbt.probe=tracebed/trap.Dispatch:entry", Timeout: 2 * time.Minute})
+	require.Equal(t, qemu.Fatal, rep.Outcome, "tail:\n%s", strings.Join(rep.Tail, "\n"))
+	assert.Contains(t, strings.Join(rep.Tail, "\n"), "tracebed: fatal")
+}
