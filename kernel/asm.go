@@ -12,6 +12,8 @@ func enterFrame(f *Frame)
 func kernelStart() uintptr
 func kernelEnd() uintptr
 func kernelTextEnd() uintptr
+func kernelRodata() uintptr
+func kernelNoptrdata() uintptr
 
 // Trap context allowed.
 func pclntab() (start, end uintptr)

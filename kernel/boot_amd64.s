@@ -187,3 +187,15 @@ TEXT ·pclntab(SB),NOSPLIT,$0-16
 	LEAQ runtime·epclntab(SB), AX
 	MOVQ AX, end+8(FP)
 	RET
+
+// kernelRodata returns the start of the kernel's read-only data segment (.rodata onwards).
+TEXT ·kernelRodata(SB),NOSPLIT,$0-8
+	LEAQ runtime·rodata(SB), AX
+	MOVQ AX, ret+0(FP)
+	RET
+
+// kernelNoptrdata returns the start of .noptrdata, in the first page of the writable segment.
+TEXT ·kernelNoptrdata(SB),NOSPLIT,$0-8
+	LEAQ runtime·noptrdata(SB), AX
+	MOVQ AX, ret+0(FP)
+	RET

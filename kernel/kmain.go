@@ -68,6 +68,9 @@ func kmain(startInfo uintptr) {
 	setupIDT()
 	loadIDT(c)
 	initMemory()
+	if n, ok := cmdlineInt("wx"); !ok || n != 0 {
+		protectKernel()
+	}
 
 	if !calibrateTSC() {
 		k.s("tracebed: fatal: the PIT never counted down; cannot calibrate the TSC").out()
@@ -90,6 +93,7 @@ func kmain(startInfo uintptr) {
 	ncpuOnline = 1
 	discoverCPUs(c)
 	startAPs()
+	protectTrampoline()
 	banner()
 	startRuntime(c)
 }

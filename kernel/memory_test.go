@@ -147,3 +147,34 @@ func TestSplitHugePage(t *testing.T) {
 	assert.True(t, ok, "page 1 still mapped")
 	assert.Equal(t, ptOK, pt.splitHuge(0x4000_0000), "nothing mapped there: nothing to split")
 }
+
+// protect splits a 2 MiB page only where a boundary falls inside it, and leaves every
+// translation in place with the permissions asked for.
+func TestProtectSplitsAtBoundaries(t *testing.T) {
+	pt := hugePageTable(t, 0, 0) // [0, 2 MiB) as one page
+	// Read-only and executable for [0x3000, 0x5000), NX elsewhere in the page.
+	require.Equal(t, ptOK, pt.protect(0, 0x3000, true, false))
+	require.Equal(t, ptOK, pt.protect(0x3000, 0x5000, false, true))
+	require.Equal(t, ptOK, pt.protect(0x5000, 0x20_0000, true, false))
+	for _, c := range []struct {
+		va          uint64
+		write, exec bool
+	}{{0, true, false}, {0x2fff, true, false}, {0x3000, false, true}, {0x4fff, false, true},
+		{0x5000, true, false}, {0x1f_ffff, true, false}} {
+		pa, fl, ok := pt.lookup(c.va)
+		require.True(t, ok, "%#x", c.va)
+		assert.Equal(t, c.va, pa, "%#x: the same frame", c.va)
+		assert.Equal(t, c.write, fl&pteWrite != 0, "%#x writable", c.va)
+		assert.Equal(t, c.exec, fl&pteNX == 0, "%#x executable", c.va)
+		assert.Zero(t, fl&pteHuge, "%#x: split", c.va)
+	}
+	// A range covering a whole 2 MiB page keeps it whole.
+	pt = hugePageTable(t, 1, 0x4000_0000)
+	require.Equal(t, ptOK, pt.protect(0x20_0000, 0x40_0000, false, false))
+	_, fl, ok := pt.lookup(0x20_1234)
+	require.True(t, ok)
+	assert.NotZero(t, fl&pteHuge, "not split")
+	assert.Equal(t, uint64(pteNX), fl&(pteWrite|pteNX))
+	// Unmapped ranges are skipped.
+	assert.Equal(t, ptOK, pt.protect(0x8000_0000, 0x8040_0000, true, true))
+}

@@ -13,7 +13,7 @@ import (
 )
 
 // fbtCases are the fbt suite's cases.
-var fbtCases = []string{"sites", "exact_counts_emulate", "exact_counts_boost", "exact_counts_step",
+var fbtCases = []string{"sites", "wx_text_read_only", "exact_counts_emulate", "exact_counts_boost", "exact_counts_step",
 	"exact_counts_auto", "relocation_classes", "copyinstr", "safe_mode_if_off", "nested_hit_dropped",
 	"foreign_int3_passed_on", "step_with_timer_pending", "step_db_dropped", "probe_cost",
 	"all_probes_under_load"}
@@ -110,4 +110,17 @@ func TestFBTGuardOffIsFatal(t *testing.T) {
 	rep := boot(t, qemu.Config{Append: "suite=traps fbt.guard=0 fbt.probe=tracebed/trap.Dispatch:entry", Timeout: 2 * time.Minute})
 	require.Equal(t, qemu.Fatal, rep.Outcome, "tail:\n%s", strings.Join(rep.Tail, "\n"))
 	assert.Contains(t, strings.Join(rep.Tail, "\n"), "tracebed: fatal")
+}
+
+// The W^X case can fail: with the identity map left writable and executable (wx=0), it does,
+// and a probe still patches text (the alias does not depend on it).
+func TestFBTWXMutationFails(t *testing.T) {
+	rep := boot(t, qemu.Config{SMP: 1, Append: "suite=fbt fbt_seconds=1 wx=0", Timeout: 5 * time.Minute})
+	require.Equal(t, qemu.Fail, rep.Outcome, "tail:\n%s", strings.Join(rep.Tail, "\n"))
+	s := rep.Results[0]
+	for _, name := range fbtCases {
+		c := s.Find(name)
+		require.NotNil(t, c, name)
+		assert.Equal(t, name != "wx_text_read_only", c.OK, name)
+	}
 }

@@ -733,3 +733,6 @@ func LastSafeSkipped(cpu int) string {
 	}
 	return out
 }
+
+// XOL is the XOL area's executable address and its writable alias.
+func XOL() (exec, write uintptr) { return xolExec, xolWrite }

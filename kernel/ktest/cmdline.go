@@ -38,6 +38,7 @@ var knownParams = map[string]string{
 	"consoleprogress": "0: console output is no progress for the watchdog (a mutation: a long paced write must then be reported as a hang)",
 	"nmilatch":        "0: an NMI arriving inside the NMI handler nests (a mutation: the traps suite's nmi_never_nests must then fail)",
 	"lockdrain":       "0: CPUs spinning for a kernel lock do not run cross-CPU calls (a mutation: the xcall suite's call_cpu_spinning_on_klock must then hang)",
+	"wx":              "0: leave the kernel's identity map writable and executable everywhere (a mutation: the fbt suite's wx_text_read_only must then fail)",
 	"fbt.probe":       "probe spec: all, GLOB, GLOB:entry, GLOB:return or FUNC+OFF, comma-separated; enabled before the first suite",
 	"fbt.mode":        "auto (default), step, boost or emulate: how probes run the instruction they displace",
 	"fbt.xol":         "far (default: at least 4 GiB from the text) or near (within rel32 reach): where out-of-line copies run",
@@ -63,7 +64,7 @@ var numbers = map[string][2]uint64{
 	"gc_mib":        {1, 1 << 16},
 	"gc_seconds":    {1, 3600},
 	"xcall_seconds": {1, 3600},
-	"fbt.safe":      {0, 1}, "fbt.guard": {0, 1},
+	"fbt.safe":      {0, 1}, "fbt.guard": {0, 1}, "wx": {0, 1},
 	"fbt.drop_db": {0, 1 << 20},
 	"fbt_seconds": {1, 3600},
 }

@@ -29,6 +29,7 @@ import (
 // under load. The XOL area is far from the text unless fbt.xol=near.
 var FBT = ktest.Suite{Name: "fbt", Cases: []ktest.Case{
 	{Name: "sites", Run: fbtSites},
+	{Name: "wx_text_read_only", Run: fbtWX},
 	{Name: "exact_counts_emulate", Run: fbtCounts(live.Emulate)},
 	{Name: "exact_counts_boost", Run: fbtCounts(live.Boost)},
 	{Name: "exact_counts_step", Run: fbtCounts(live.Step)},
@@ -168,6 +169,56 @@ func fbtSites(t *ktest.T) {
 			t.Errorf("%s: toxic %q (%s), want toxic %v", name, why, live.ToxicPath(name), want)
 		}
 	}
+}
+
+var fbtData int64 = 1
+
+// fbtWX checks the kernel's W^X layout: text read-only and executable, rodata read-only and NX,
+// data, heap and the XOL area's write alias NX, the XOL area itself read-only; a stray write to
+// text or rodata faults and changes nothing, while probes still patch text (through the alias).
+func fbtWX(t *ktest.T) {
+	if !fbtSetup(t) {
+		return
+	}
+	heap := new([64]byte)
+	xolExec, xolWrite := live.XOL()
+	text := reflect.ValueOf(fbtLeaf).Pointer()
+	ro := uintptr(unsafe.Pointer(unsafe.StringData("a string constant in .rodata")))
+	for _, c := range []struct {
+		name        string
+		addr        uintptr
+		write, exec bool
+	}{
+		{"text", text, false, true},
+		{"rodata", ro, false, false},
+		{"data", uintptr(unsafe.Pointer(&fbtData)), true, false},
+		{"heap", uintptr(unsafe.Pointer(heap)), true, false},
+		{"xol", xolExec, false, true},
+		{"xol_write_alias", xolWrite, true, false},
+	} {
+		w, x, ok := kernel.Protection(c.addr)
+		if !ok || w != c.write || x != c.exec {
+			t.Errorf("%s %#x: mapped %v writable %v executable %v, want writable %v executable %v",
+				c.name, c.addr, ok, w, x, c.write, c.exec)
+		}
+	}
+	for _, c := range []struct {
+		name string
+		addr uintptr
+	}{{"text", text}, {"rodata", ro}} {
+		before := *(*byte)(unsafe.Pointer(c.addr))
+		f := trap.SafeStore8(c.addr, before^0xff)
+		if !f.Failed() {
+			t.Errorf("a write to %s at %#x did not fault", c.name, c.addr)
+		} else if f.Vector != idt.PageFault || f.Addr != c.addr {
+			t.Errorf("a write to %s at %#x: %v, want a #PF there", c.name, c.addr, f)
+		}
+		if after := *(*byte)(unsafe.Pointer(c.addr)); after != before {
+			t.Errorf("%s at %#x changed from %#x to %#x", c.name, c.addr, before, after)
+			trap.SafeStore8(c.addr, before) // writable after all (wx=0): put it back
+		}
+	}
+	runtime.KeepAlive(heap)
 }
 
 const fbtCalls = 2000
