@@ -10,7 +10,11 @@ func enterFrame(f *Frame)
 
 // Trap context allowed.
 func kernelStart() uintptr
+
+// Trap context allowed.
 func kernelEnd() uintptr
+
+// Trap context allowed.
 func kernelTextEnd() uintptr
 func kernelRodata() uintptr
 func kernelNoptrdata() uintptr

@@ -70,6 +70,8 @@ func (pt *pageTable) entry(va uint64, create bool) (*uint64, int) {
 }
 
 // mapPage maps the 4 KiB page at va to pa with flags (ptePresent is implied).
+//
+// Kernel context, vmLock held (or boot).
 func (pt *pageTable) mapPage(va, pa, flags uint64) int {
 	if va%pageSize != 0 || pa%pageSize != 0 {
 		return ptUnaligned
@@ -87,6 +89,8 @@ func (pt *pageTable) mapPage(va, pa, flags uint64) int {
 
 // unmapPage removes the 4 KiB mapping at va and returns the frame it mapped. Tables emptied by
 // the removal are kept: address space is reused and tables are small.
+//
+// Kernel context, vmLock held (or boot).
 func (pt *pageTable) unmapPage(va uint64) (uint64, bool) {
 	e, r := pt.entry(va, false)
 	if r != ptOK || e == nil || *e&ptePresent == 0 {

@@ -16,6 +16,10 @@ import (
 // Kernel context: the SYSCALL entry (IF=0, not nested); it takes klock for every call but
 // console writes and the address-space calls, which take vmLock.
 func (c *CPU) syscall(f *Frame) {
+	if f.RAX == sysKcall {
+		f.RAX = c.runKcall(f)
+		return
+	}
 	linux.Count(f.RAX)
 	if linux.IsConsoleWrite(f) {
 		f.RAX = uint64(writeConsole(f.RSI, f.RDX))

@@ -33,13 +33,15 @@ const (
 // caller serialises pokes and the CPUs (SyncCPUs) as the cross-modifying-code rules require.
 // false when addr is not kernel text.
 //
-// Goroutine code.
-func PokeText(addr uintptr, b byte) bool {
+// Goroutine code (a kernel call).
+func PokeText(addr uintptr, b byte) bool { return kcall(kcPoke, addr, uintptr(b)) == 1 }
+
+// Kernel context (a kernel call).
+func pokeText(addr uintptr, b byte) bool {
 	if addr < kernelStart() || addr >= kernelTextEnd() {
 		return false
 	}
 	page := uint64(addr) &^ (pageSize - 1) // identity-mapped: the frame is the address
-	fl := amd64.DisableInterrupts()
 	vmLock.lock()
 	ok := kpt.mapPage(pokeAlias, page, pteWrite|pteNX) == ptOK
 	if ok {
@@ -48,7 +50,6 @@ func PokeText(addr uintptr, b byte) bool {
 		invlpg(pokeAlias) // only this CPU ever touched the alias
 	}
 	vmLock.unlock()
-	amd64.RestoreInterrupts(fl)
 	return ok
 }
 
@@ -56,8 +57,14 @@ func PokeText(addr uintptr, b byte) bool {
 // the matching write address (XOLFar's or XOLNear's alias) writable and NX, so that copies are
 // written through one mapping and run from the other (W^X). It returns the write address.
 //
-// Goroutine code, once per area.
+// Goroutine code (a kernel call), once per area.
 func MapXOL(exec uintptr, size uintptr) (write uintptr, ok bool) {
+	w := kcall(kcMapXOL, exec, size)
+	return w, w != 0
+}
+
+// Kernel context (a kernel call).
+func mapXOL(exec uintptr, size uintptr) (write uintptr, ok bool) {
 	switch exec {
 	case XOLFar:
 		write = xolFarWrite
@@ -69,7 +76,6 @@ func MapXOL(exec uintptr, size uintptr) (write uintptr, ok bool) {
 	if size == 0 || size > XOLMax {
 		return 0, false
 	}
-	fl := amd64.DisableInterrupts()
 	vmLock.lock()
 	ok = true
 	for off := uint64(0); off < uint64(size) && ok; off += pageSize {
@@ -81,7 +87,6 @@ func MapXOL(exec uintptr, size uintptr) (write uintptr, ok bool) {
 		}
 	}
 	vmLock.unlock()
-	amd64.RestoreInterrupts(fl)
 	return write, ok
 }
 
@@ -97,10 +102,8 @@ func serialize(uintptr) { amd64.CPUID(0, 0) }
 // none is inside a trap handler that began before it (handlers run with interrupts off, so
 // the call waits for them). false if a CPU did not answer.
 //
-// Goroutine code.
-func SyncCPUs() bool {
-	return CrossBroadcast(1<<uint(ncpuOnline)-1, syncCall, 0) == xcall.OK
-}
+// Goroutine code (a kernel call).
+func SyncCPUs() bool { return kcall(kcSync, 0, 0) == 1 }
 
 // OnCPUStacks reports whether a lies in this CPU's kernel or IST stacks: a trap that
 // interrupted code running there has its frame right below the interrupted RSP.

@@ -2,7 +2,6 @@ package kernel
 
 import (
 	"syscall"
-	"tracebed/kernel/sched"
 
 	"tracebed/amd64"
 	"tracebed/idt"
@@ -29,13 +28,9 @@ func PinCPU(n int) bool {
 // UnpinCPU lets the calling thread run anywhere again.
 func UnpinCPU() { setPin(-1) }
 
-func setPin(n int32) {
-	fl := amd64.DisableInterrupts()
-	klock.lock()
-	sched.T(thisCPU().current).Pin = n
-	klock.unlock()
-	amd64.RestoreInterrupts(fl)
-}
+// setPin sets the calling thread's pin in a kernel call: see kcall.go for why goroutine code
+// never takes klock itself.
+func setPin(n int32) { kcall(kcPin, uintptr(n), 0) }
 
 // SetGateType makes vector v's gate an interrupt gate (idt.TypeInterrupt) or a trap gate
 // (idt.TypeTrap) on every CPU (the IDT is shared) and returns the type it had.

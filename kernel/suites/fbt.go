@@ -58,6 +58,7 @@ func fbtCallee(x int) int { return x ^ 0x5a }
 func fbtAdd(a, b int) int { return fbtCallee(a) + b + 1 }
 
 //go:noinline
+//go:nosplit
 func fbtLeaf(a int) int { return a*3 + 1 }
 
 //go:noinline
@@ -740,6 +741,7 @@ func fbtAll(t *ktest.T) {
 	for c := range before {
 		before[c] = live.Stats(c).Hits
 	}
+	st0 := live.TotalStats()
 	t0 := time.Now()
 	ways, err := live.EnableSelection(sel, m)
 	if err != nil {
@@ -772,12 +774,18 @@ func fbtAll(t *ktest.T) {
 	}
 	t.Diag("disable_ms", time.Since(t1).Milliseconds())
 	st := live.TotalStats()
-	t.Diag("hits", st.Hits)
-	t.Diag("safe_skipped", st.SafeSkipped)
+	t.Diag("hits", st.Hits-st0.Hits)
+	t.Diag("actions", st.Actions-st0.Actions)
+	t.Diag("safe_skipped", st.SafeSkipped-st0.SafeSkipped)
 	for c := 0; c < n; c++ {
 		t.Diag(fmt.Sprintf("cpu%d_last_safe_skipped", c), live.LastSafeSkipped(c))
 	}
-	t.Diag("nested_dropped", st.NestedDropped)
+	t.Diag("nested_dropped", st.NestedDropped-st0.NestedDropped)
+	t.Diag("emulated", st.Emulated-st0.Emulated)
+	t.Diag("emulation_fallbacks", st.EmuFallback-st0.EmuFallback)
+	t.Diag("boosted", st.Boosted-st0.Boosted)
+	t.Diag("steps", st.Steps-st0.Steps)
+	t.Diag("raced", st.Raced-st0.Raced)
 	t.Diag("rounds", fmt.Sprint(rounds))
 	t.Diag("workload_if_off", fbtIFOff.Load())
 	for c := 0; c < n; c++ {
@@ -787,6 +795,12 @@ func fbtAll(t *ktest.T) {
 		if h := live.Stats(c).Hits - before[c]; h == 0 {
 			t.Errorf("cpu %d: no probe fired", c)
 		}
+	}
+	// Goroutines never run with interrupts off: a thread left with IF=0 (as goroutine code
+	// that disabled interrupts and was then preempted by the runtime once left them) could not
+	// be preempted by the kernel, and its probe hits would all be skipped by safe mode.
+	if n := fbtIFOff.Load(); n != 0 {
+		t.Errorf("the workload ran %d rounds with interrupts off", n)
 	}
 	if enabled < 1000 {
 		t.Errorf("only %d sites enabled", enabled)

@@ -1,0 +1,70 @@
+package kernel
+
+import (
+	"syscall"
+
+	"tracebed/kernel/sched"
+	"tracebed/xcall"
+)
+
+// Kernel calls: how goroutine code runs a short piece of kernel work with interrupts off.
+//
+// Goroutine code must not simply disable interrupts and call kernel functions: every Go
+// function's prologue may find a preemption request (the runtime sets the goroutine's
+// stackguard0), and the goroutine is then descheduled right there — with IF=0 left on the
+// thread, which goes on running other goroutines unpreemptible, and with any lock the work held
+// still held. (FBT's safe mode counted thousands of probe hits with IF=0 in the runtime's
+// scheduler this way before kernel calls existed.) A kernel call instead enters the kernel
+// through SYSCALL, which clears IF, and runs the work on the CPU's kernel stack with the
+// kernel's g, which the runtime never preempts.
+
+// sysKcall is the system-call number of kernel calls (no Linux call has it).
+const sysKcall = 0x7e57
+
+// Kernel call numbers.
+const (
+	kcPoke   = iota // PokeText(a, byte(b))
+	kcMapXOL        // MapXOL(a, b)
+	kcSync          // SyncCPUs()
+	kcPin           // setPin(int32(a))
+	numKcalls
+)
+
+// kcall runs kernel call n with arguments a and b and returns its result. Goroutine code.
+func kcall(n int, a, b uintptr) uintptr {
+	r, _, _ := syscall.RawSyscall(sysKcall, uintptr(n), a, b)
+	return r
+}
+
+// runKcall runs the kernel call in a SYSCALL frame (RDI: number, RSI and RDX: arguments).
+//
+// Kernel context: the SYSCALL entry (IF=0, not nested).
+func (c *CPU) runKcall(f *Frame) uint64 {
+	a, b := uintptr(f.RSI), uintptr(f.RDX)
+	switch f.RDI {
+	case kcPoke:
+		return b2u(pokeText(a, byte(b)))
+	case kcMapXOL:
+		w, ok := mapXOL(a, b)
+		if !ok {
+			return 0
+		}
+		return uint64(w)
+	case kcSync:
+		return b2u(CrossBroadcast(1<<uint(ncpuOnline)-1, syncCall, 0) == xcall.OK)
+	case kcPin:
+		klock.lock()
+		sched.T(c.current).Pin = int32(a)
+		c.unlockKlock()
+		return 0
+	}
+	return ^uint64(0)
+}
+
+// Trap context allowed.
+func b2u(v bool) uint64 {
+	if v {
+		return 1
+	}
+	return 0
+}
