@@ -46,12 +46,15 @@ run: qemu
 test: qemu chromium
 	$(GO) test -p 1 -count=1 -timeout 60m ./...
 
-# Long runs by hand (about 5 minutes): the xcall storm for 60 s at 4 and 8 CPUs, and the smp
-# suite's parallel GC for 60 s at 4. make test runs each of them briefly.
+# Long runs by hand (about 7 minutes): the xcall storm for 60 s at 4 and 8 CPUs, the smp
+# suite's parallel GC for 60 s at 4, and every probe-able function probed under load for 60 s
+# at 4 (and stepped, under the Xen PV stubs, at 2). make test runs each of them briefly.
 torture: qemu kernel
 	$(GO) run ./cmd/tracebed run --smp 4 --suite xcall --append xcall_seconds=60 --timeout 10m
 	$(GO) run ./cmd/tracebed run --smp 8 --suite xcall --append xcall_seconds=60 --timeout 10m
 	$(GO) run ./cmd/tracebed run --smp 4 --suite smp --append gc_seconds=60 --timeout 15m
+	$(GO) run ./cmd/tracebed run --smp 4 --suite fbt --append fbt_seconds=60 --timeout 15m
+	$(GO) run ./cmd/tracebed run --smp 2 --suite fbt --append 'fbt_seconds=60 idt=pvshim fbt.mode=step' --timeout 15m
 
 clean:
 	rm -rf build
