@@ -23,10 +23,11 @@ const sysKcall = 0x7e57
 
 // Kernel call numbers.
 const (
-	kcPoke   = iota // PokeText(a, byte(b))
-	kcMapXOL        // MapXOL(a, b)
-	kcSync          // SyncCPUs()
-	kcPin           // setPin(int32(a))
+	kcPoke     = iota // PokeText(a, byte(b))
+	kcMapXOL          // MapXOL(a, b)
+	kcSync            // SyncCPUs()
+	kcPin             // setPin(int32(a))
+	kcPokeMany        // pokeMany(a: *Poke, b: count)
 	numKcalls
 )
 

@@ -16,7 +16,7 @@ import (
 var fbtCases = []string{"sites", "wx_text_read_only", "exact_counts_emulate", "exact_counts_boost", "exact_counts_step",
 	"exact_counts_auto", "relocation_classes", "copyinstr", "safe_mode_if_off", "nested_hit_dropped",
 	"foreign_int3_passed_on", "step_with_timer_pending", "step_db_dropped", "probe_cost",
-	"all_probes_under_load"}
+	"all_probes_under_load", "scale_batched_vs_per_probe"}
 
 // fbtBoot boots the fbt suite with extra words and requires every case to pass.
 func fbtBoot(t *testing.T, cpus int, words string) *qemu.Result {
@@ -123,4 +123,17 @@ func TestFBTWXMutationFails(t *testing.T) {
 		require.NotNil(t, c, name)
 		assert.Equal(t, name != "wx_text_read_only", c.OK, name)
 	}
+}
+
+// Enable every site (entries, returns and offsets: over 30,000), load every CPU with GC,
+// goroutines and cross-CPU calls, disable all, and again, for 10 s at 4 CPUs: text restored,
+// hits consistent, nothing crashed. make torture runs it for a minute.
+func TestFBTTorture(t *testing.T) {
+	rep := boot(t, qemu.Config{SMP: 4, Append: "suite=fbt_torture fbt_seconds=10", Timeout: 8 * time.Minute})
+	require.Equal(t, qemu.Pass, rep.Outcome, "tail:\n%s", strings.Join(rep.Tail, "\n"))
+	c := rep.Results[0].Find("enable_load_disable")
+	require.NotNil(t, c)
+	assert.GreaterOrEqual(t, diagFloat(t, c, "sites"), 30000.0)
+	assert.Greater(t, diagFloat(t, c, "hits"), 0.0)
+	t.Logf("%v", c.Diags)
 }

@@ -13,7 +13,7 @@ import (
 // ConfigFrom reads the fbt.* kernel command-line parameters (ktest has checked that numbers
 // are numbers).
 func ConfigFrom(params map[string]string) (Config, error) {
-	c := Config{Guard: true}
+	c := Config{Guard: true, Batch: true, Sites: defaultSites}
 	var err error
 	if v, ok := params["fbt.mode"]; ok {
 		if c.Mode, err = ParseMode(v); err != nil {
@@ -29,11 +29,21 @@ func ConfigFrom(params map[string]string) (Config, error) {
 	}
 	c.Unsafe = params["fbt.safe"] == "0"
 	c.Guard = params["fbt.guard"] != "0"
+	c.Batch = params["fbt.batch"] != "0"
+	if v, ok := params["fbt.sites"]; ok {
+		n, _ := strconv.ParseUint(v, 10, 32)
+		c.Sites = int(n)
+	}
 	if v, ok := params["fbt.drop_db"]; ok {
 		c.DropDB, _ = strconv.ParseUint(v, 10, 32)
 	}
 	return c, nil
 }
+
+// defaultSites is the site table's size unless fbt.sites= says otherwise: entries and returns,
+// then offset sites up to 40,960 (over 30,000 of which auto mode can run: the scale the fbt
+// suite's scale case measures).
+const defaultSites = 40960
 
 // Selection is what a spec resolved to.
 type Selection struct {

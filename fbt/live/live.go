@@ -213,6 +213,8 @@ type Config struct {
 	Unsafe bool   // fbt.safe=0: actions run even when the interrupted code had IF=0
 	DropDB uint64 // fbt.drop_db=N: every Nth step runs without TF
 	Guard  bool   // false (fbt.guard=0): toxic functions may be probed (a mutation)
+	Sites  int    // fbt.sites=N: offset sites are added until the table holds N sites
+	Batch  bool   // false (fbt.batch=0): enable and disable one probe at a time, 3 syncs each
 }
 
 var (
@@ -234,6 +236,10 @@ var (
 	xolNext           uintptr // next free boost slot offset
 	prevBP, prevDB    trap.Handler
 	nestHook          func() // called inside an action (tests of nested probes)
+
+	nEntryReturn int
+	offsetIDs    []int32
+	syncs        atomic.Uint64 // all-CPU synchronisations made
 
 	graph   *callgraph.Graph
 	parents map[int]int // the call-graph walk: how each toxic function was reached
@@ -321,7 +327,14 @@ func doInit(c Config) error {
 			}
 		}
 	}
+	nEntryReturn = len(sites)
+	addOffsetSites(cfg.Sites - len(sites))
 	sort.Slice(sites, func(i, j int) bool { return sites[i].Addr < sites[j].Addr })
+	for i := range sites {
+		if sites[i].Kind == Offset {
+			offsetIDs = append(offsetIDs, int32(i))
+		}
+	}
 	ncpu = kernel.OnlineCPUs()
 	for i := 0; i < ncpu; i++ {
 		counts[i] = make([]uint64, len(sites)+maxOffsets)
@@ -375,7 +388,54 @@ func isInit(name string) bool {
 }
 
 // NumSites is how many entry and return sites may be probed.
-func NumSites() int { return len(sites) }
+func NumSites() int { return nEntryReturn }
+
+// addOffsetSites adds up to n offset sites to the table, at instruction boundaries spread evenly
+// over every function that may be probed (neither its entry nor a RET): what takes a probe
+// count past what entries and returns give (fbt.sites=). Init.
+func addOffsetSites(n int) {
+	if n <= 0 {
+		return
+	}
+	total := 0
+	for i := range funcs {
+		if f := &funcs[i]; f.toxic == "" {
+			total += len(f.layout.Insns) - 1 - len(f.layout.Rets)
+		}
+	}
+	if total <= 0 {
+		return
+	}
+	stride := float64(total) / float64(n)
+	if stride < 1 {
+		stride = 1
+	}
+	next, k := 0.0, 0
+	for i := range funcs {
+		f := &funcs[i]
+		if f.toxic != "" {
+			continue
+		}
+		rets := map[int]bool{}
+		for _, r := range f.layout.Rets {
+			rets[r] = true
+		}
+		for _, off := range f.layout.Insns[1:] {
+			if rets[off] {
+				continue
+			}
+			if float64(k) >= next && n > 0 {
+				sites = append(sites, Site{Addr: f.entry + uintptr(off), Func: int32(i), Kind: Offset, Off: int32(off)})
+				next += stride
+				n--
+			}
+			k++
+		}
+	}
+}
+
+// OffsetSites lists the offset sites Init added (fbt.sites=).
+func OffsetSites() []int32 { return offsetIDs }
 
 // FuncToxic says why function name may not be probed ("" when it may), and whether the
 // kernel has it.
@@ -596,12 +656,31 @@ func planStep(s *Site, code []byte) (*fbt.Step, error) {
 //go:nosplit
 func stepExec(cpu int) uintptr { return xolExec + uintptr(cpu)*slotSize }
 
-// Enable enables sites ids in mode m, all CPUs serialised once at the end. It stops at the
-// first site that cannot be probed in m, with the sites before it enabled.
+// Enable enables sites ids in mode m and stops at the first site that cannot be probed in m,
+// with the sites before it enabled. Batched (the default), the whole operation costs two
+// all-CPU synchronisations: every plan is prepared and every site marked enabled, all CPUs
+// serialise (so none can take an INT3 before it sees its site's plan), every INT3 is written,
+// and all CPUs serialise again (so every CPU runs the probed text once Enable returns). With
+// fbt.batch=0 each site goes through the same steps alone, plus a third synchronisation as the
+// per-probe protocol of dtrace4linux did: the baseline batching is measured against.
 func Enable(ids []int32, m Mode) error {
 	mu.Lock()
 	defer mu.Unlock()
+	if !cfg.Batch {
+		for _, id := range ids {
+			if err := enable([]int32{id}, m, 3); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return enable(ids, m, 2)
+}
+
+// enable is Enable for one batch, with nsync synchronisations. mu held.
+func enable(ids []int32, m Mode, nsync int) error {
 	var err error
+	todo := make([]*Site, 0, len(ids))
 	for _, id := range ids {
 		s := site(id)
 		if atomic.LoadUint32(&s.enabled) != 0 {
@@ -611,35 +690,89 @@ func Enable(ids []int32, m Mode) error {
 			break
 		}
 		atomic.StoreUint32(&s.enabled, 1)
+		todo = append(todo, s)
+	}
+	if len(todo) == 0 {
+		return err
+	}
+	ok := syncAll()
+	for i, s := range todo {
 		if !kernel.PokeText(s.Addr, opcodeINT3) {
-			atomic.StoreUint32(&s.enabled, 0)
-			err = fmt.Errorf("fbt: %s: cannot patch %#x", s.Name(), s.Addr)
+			for _, s := range todo[i:] {
+				atomic.StoreUint32(&s.enabled, 0)
+			}
+			if err == nil {
+				err = fmt.Errorf("fbt: %s: cannot patch %#x", s.Name(), s.Addr)
+			}
 			break
 		}
 	}
-	if !kernel.SyncCPUs() && err == nil {
+	for i := 1; i < nsync; i++ {
+		ok = syncAll() && ok
+	}
+	if !ok && err == nil {
 		err = errors.New("fbt: a CPU did not serialise")
 	}
 	return err
 }
 
-// Disable disables sites ids: original bytes back, all CPUs serialised, then marked off.
+// syncAll makes every CPU serialise, and counts it.
+func syncAll() bool {
+	syncs.Add(1)
+	return kernel.SyncCPUs()
+}
+
+// Syncs is how many all-CPU synchronisations enabling and disabling have made.
+func Syncs() uint64 { return syncs.Load() }
+
+// Disable disables sites ids: original bytes back, all CPUs serialised, then marked off — one
+// synchronisation for the whole batch (three per site with fbt.batch=0: the original byte,
+// the site's state, and its slot each published alone, as the per-probe protocol did).
 func Disable(ids []int32) error {
 	mu.Lock()
 	defer mu.Unlock()
+	if !cfg.Batch {
+		for _, id := range ids {
+			if err := disable([]int32{id}, 3); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return disable(ids, 1)
+}
+
+// mu held.
+func disable(ids []int32, nsync int) error {
+	n := 0
 	for _, id := range ids {
 		s := site(id)
 		if atomic.LoadUint32(&s.enabled) != 0 {
-			kernel.PokeText(s.Addr, s.orig)
+			kernel.PokeText(s.Addr, s.orig) // it was patched: it is text
+			n++
 		}
 	}
-	if !kernel.SyncCPUs() {
+	if n == 0 {
+		return nil
+	}
+	ok := true
+	for i := 0; i < nsync; i++ {
+		ok = syncAll() && ok
+	}
+	if !ok {
 		return errors.New("fbt: a CPU did not serialise; sites left enabled")
 	}
 	for _, id := range ids {
 		atomic.StoreUint32(&site(id).enabled, 0)
 	}
 	return nil
+}
+
+// SetBatch switches between batched and per-probe enabling and disabling. Goroutine code.
+func SetBatch(on bool) {
+	mu.Lock()
+	cfg.Batch = on
+	mu.Unlock()
 }
 
 // SetCopyIn makes site id's action copy the NUL-terminated string its first argument points at.
@@ -736,3 +869,28 @@ func LastSafeSkipped(cpu int) string {
 
 // XOL is the XOL area's executable address and its writable alias.
 func XOL() (exec, write uintptr) { return xolExec, xolWrite }
+
+// Enabled reports whether site id is enabled.
+func Enabled(id int32) bool { return atomic.LoadUint32(&site(id).enabled) != 0 }
+
+// CheckRestored checks that no site of ids is enabled and that each planned one's first byte is
+// its original again; it describes the first that is not ("" when all are).
+func CheckRestored(ids []int32) string {
+	for _, id := range ids {
+		s := site(id)
+		if Enabled(id) {
+			return fmt.Sprintf("%s still enabled", s.Name())
+		}
+		if b := *(*byte)(unsafe.Pointer(s.Addr)); s.planned && b != s.orig {
+			return fmt.Sprintf("%s at %#x holds %#x, not its original %#x", s.Name(), s.Addr, b, s.orig)
+		}
+	}
+	return ""
+}
+
+// Plannable prepares site id for mode m and reports whether m can run it.
+func Plannable(id int32, m Mode) bool {
+	mu.Lock()
+	defer mu.Unlock()
+	return plan(site(id), m) == nil
+}

@@ -43,6 +43,7 @@ var FBT = ktest.Suite{Name: "fbt", Cases: []ktest.Case{
 	{Name: "step_db_dropped", Run: fbtDropDB},
 	{Name: "probe_cost", Run: fbtCost},
 	{Name: "all_probes_under_load", Run: fbtAll},
+	{Name: "scale_batched_vs_per_probe", Run: fbtScale},
 }}
 
 // The probed functions. noinline keeps them real calls; fbtCallee gives fbtAdd a frame. fbtAdd
@@ -147,6 +148,7 @@ func fbtSites(t *ktest.T) {
 	}
 	t.Diag("functions", live.NumFuncs)
 	t.Diag("sites", live.NumSites())
+	t.Diag("offset_sites", len(live.OffsetSites()))
 	keys := make([]string, 0, len(live.Toxic))
 	total := 0
 	for k, v := range live.Toxic {
@@ -855,4 +857,177 @@ func fbtWorkload(cpu, round int) string {
 		runtime.GC()
 	}
 	return ""
+}
+
+// fbtScaleIDs returns up to n sites auto mode can run, prepared (planning is the first enable's
+// cost alone, and not what batching saves): every entry and return first, then the offset
+// sites Init added.
+func fbtScaleIDs(t *ktest.T, n int) []int32 {
+	sel, err := live.Resolve(fbtAllSpec)
+	if err != nil {
+		t.Fatalf("%v", err)
+		return nil
+	}
+	var ids []int32
+	for _, id := range append(append([]int32(nil), sel.IDs...), live.OffsetSites()...) {
+		if len(ids) == n {
+			break
+		}
+		if live.Plannable(id, live.Auto) {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// fbtEnableMany enables what of ids auto mode can run (skipping the rest), and returns the
+// enabled ids, the time it took and the synchronisations it made.
+func fbtEnableMany(t *ktest.T, ids []int32) ([]int32, time.Duration, uint64) {
+	strict := make([]bool, len(ids))
+	sel := &live.Selection{IDs: ids, Strict: strict, Skipped: map[string]int{}}
+	s0 := live.Syncs()
+	t0 := time.Now()
+	if _, err := live.EnableSelection(sel, live.Auto); err != nil {
+		t.Errorf("enable: %v", err)
+	}
+	d := time.Since(t0)
+	var on []int32
+	for _, id := range ids {
+		if live.Enabled(id) {
+			on = append(on, id)
+		}
+	}
+	return on, d, live.Syncs() - s0
+}
+
+// fbtScale enables and tears down 1,000, 10,000 and 30,000 probes, batched and one at a time,
+// and prints the time and all-CPU synchronisations of each; batched, one operation of any size
+// makes at most 3. Every patched byte is the original again afterwards.
+func fbtScale(t *ktest.T) {
+	if !fbtSetup(t) {
+		return
+	}
+	defer live.SetBatch(t.Params["fbt.batch"] != "0")
+	var batched10k, perProbe10k time.Duration
+	for _, n := range []int{1000, 10000, 30000} {
+		ids := fbtScaleIDs(t, n)
+		if len(ids) < n {
+			t.Errorf("only %d sites for %d probes (fbt.sites=%s)", len(ids), n, t.Params["fbt.sites"])
+			return
+		}
+		for _, batch := range []bool{true, false} {
+			if !batch && n > 10000 && t.Params["fbt_scale_per_probe_30k"] != "1" {
+				continue // the per-probe baseline at 30,000 is make torture's (minutes under TCG)
+			}
+			live.SetBatch(batch)
+			on, de, se := fbtEnableMany(t, ids)
+			s0 := live.Syncs()
+			t0 := time.Now()
+			if err := live.Disable(on); err != nil {
+				t.Errorf("disable: %v", err)
+			}
+			dd, sd := time.Since(t0), live.Syncs()-s0
+			name := fmt.Sprintf("n%d_%s", n, map[bool]string{true: "batched", false: "per_probe"}[batch])
+			t.Diag(name+"_enabled", len(on))
+			t.Diag(name+"_enable_ms", de.Milliseconds())
+			t.Diag(name+"_disable_ms", dd.Milliseconds())
+			t.Diag(name+"_syncs", se+sd)
+			if batch && se+sd > 3 {
+				t.Errorf("%s: %d synchronisations, want at most 3", name, se+sd)
+			}
+			if !batch && se+sd != 6*uint64(len(on)) {
+				t.Errorf("%s: %d synchronisations, want 6 per probe", name, se+sd)
+			}
+			if bad := live.CheckRestored(ids); bad != "" {
+				t.Errorf("%s: %s", name, bad)
+			}
+			if n == 10000 {
+				if batch {
+					batched10k = de + dd
+				} else {
+					perProbe10k = de + dd
+				}
+			}
+		}
+	}
+	if batched10k > 0 && perProbe10k > 0 {
+		t.Diag("per_probe_over_batched_at_10000", fmt.Sprintf("%.0f", float64(perProbe10k)/float64(batched10k)))
+	}
+}
+
+// FBTTorture loops { enable every site (entries, returns and offsets: over 30,000) → GC,
+// goroutine and cross-CPU call load on every CPU → disable all } for fbt_seconds. Every loop
+// must leave the text as it was, the workload's checks must pass, and the hits counted per
+// site must add up to the hits counted per CPU.
+var FBTTorture = ktest.Suite{Name: "fbt_torture", Cases: []ktest.Case{{Name: "enable_load_disable", Run: fbtTorture}}}
+
+func fbtTorture(t *ktest.T) {
+	if !fbtSetup(t) {
+		return
+	}
+	secs, err := ktest.Options{Params: t.Params}.IntParam("fbt_seconds", 3)
+	if err != nil {
+		t.Fatalf("%v", err)
+		return
+	}
+	ids := fbtScaleIDs(t, 1<<30)
+	n := kernel.OnlineCPUs()
+	deadline := time.Now().Add(time.Duration(secs) * time.Second)
+	loops := 0
+	var hits uint64
+	var enableMs, disableMs int64
+	for loops == 0 || time.Now().Before(deadline) {
+		st0 := live.TotalStats()
+		sum0 := fbtSum(ids)
+		on, de, _ := fbtEnableMany(t, ids)
+		bad := make([]string, n)
+		until := time.Now().Add(time.Second)
+		onCPUs(0, n, func(cpu int, pinned bool) {
+			for r := 0; time.Now().Before(until); r++ {
+				if e := fbtWorkload(cpu, r); e != "" {
+					bad[cpu] = e
+					return
+				}
+				if cpu%2 == 1 && !kernel.SyncCPUs() { // cross-CPU calls to every CPU
+					bad[cpu] = "a CPU did not answer a cross-CPU call"
+					return
+				}
+			}
+		})
+		t0 := time.Now()
+		if err := live.Disable(on); err != nil {
+			t.Errorf("loop %d: disable: %v", loops, err)
+		}
+		disableMs += time.Since(t0).Milliseconds()
+		enableMs += de.Milliseconds()
+		st := live.TotalStats()
+		for c, b := range bad {
+			if b != "" {
+				t.Errorf("loop %d cpu %d: %s", loops, c, b)
+			}
+		}
+		if b := live.CheckRestored(ids); b != "" {
+			t.Errorf("loop %d: %s", loops, b)
+		}
+		// Hits on sites outside ids (the suite's own) would break the sum: there are none here.
+		if got, want := fbtSum(ids)-sum0, st.Hits-st0.Hits; got != want {
+			t.Errorf("loop %d: %d hits counted per site, %d per CPU", loops, got, want)
+		}
+		hits += st.Hits - st0.Hits
+		loops++
+		if t.Failed() {
+			break
+		}
+	}
+	t.Diag("sites", len(ids))
+	t.Diag("loops", loops)
+	t.Diag("hits", hits)
+	t.Diag("enable_ms_per_loop", enableMs/int64(loops))
+	t.Diag("disable_ms_per_loop", disableMs/int64(loops))
+	if fbtIFOff.Load() != 0 {
+		t.Errorf("the workload ran %d rounds with interrupts off", fbtIFOff.Load())
+	}
+	if len(ids) < 30000 {
+		t.Errorf("only %d sites", len(ids))
+	}
 }
