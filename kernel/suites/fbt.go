@@ -120,6 +120,22 @@ func fbtSetup(t *ktest.T) bool {
 	return true
 }
 
+// fbtPinned enables ids in mode m and pins the calling goroutine's thread to CPU 0; the
+// function it returns undoes both. nil when enabling failed (reported).
+func fbtPinned(t *ktest.T, ids []int32, m live.Mode) func() {
+	if err := live.Enable(ids, m); err != nil {
+		t.Fatalf("%v", err)
+		return nil
+	}
+	runtime.LockOSThread()
+	kernel.PinCPU(0)
+	return func() {
+		kernel.UnpinCPU()
+		runtime.UnlockOSThread()
+		live.Disable(ids)
+	}
+}
+
 // fbtProbes returns the entry site and every return site of fn.
 func fbtProbes(t *ktest.T, fn any) (entry int32, rets []int32) {
 	name := fbtName(fn)
@@ -471,15 +487,11 @@ func fbtCopyIn(t *ktest.T) {
 	entry, _ := fbtProbes(t, fbtStr)
 	live.SetCopyIn(entry, true)
 	defer live.SetCopyIn(entry, false)
-	if err := live.Enable([]int32{entry}, live.Auto); err != nil {
-		t.Fatalf("%v", err)
+	done := fbtPinned(t, []int32{entry}, live.Auto)
+	if done == nil {
 		return
 	}
-	defer live.Disable([]int32{entry})
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	defer kernel.UnpinCPU()
-	kernel.PinCPU(0)
+	defer done()
 	msg := []byte("tracebed copyinstr\x00")
 	s0 := live.Stats(0)
 	fbtStr(uintptr(unsafe.Pointer(&msg[0])))
@@ -507,16 +519,12 @@ func fbtSafe(t *ktest.T) {
 		return
 	}
 	entry, _ := fbtProbes(t, fbtLeaf)
-	if err := live.Enable([]int32{entry}, live.Auto); err != nil {
-		t.Fatalf("%v", err)
+	done := fbtPinned(t, []int32{entry}, live.Auto)
+	if done == nil {
 		return
 	}
-	defer live.Disable([]int32{entry})
+	defer done()
 	defer live.SetSafe(t.Params["fbt.safe"] != "0")
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	defer kernel.UnpinCPU()
-	kernel.PinCPU(0)
 	for _, safe := range []bool{true, false} {
 		live.SetSafe(safe)
 		s0 := live.Stats(0)
@@ -577,15 +585,11 @@ func fbtForeign(t *ktest.T) {
 	}
 	install()
 	entry, _ := fbtProbes(t, fbtAdd)
-	if err := live.Enable([]int32{entry}, live.Step); err != nil {
-		t.Fatalf("%v", err)
+	done := fbtPinned(t, []int32{entry}, live.Step)
+	if done == nil {
 		return
 	}
-	defer live.Disable([]int32{entry})
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	defer kernel.UnpinCPU()
-	kernel.PinCPU(0)
+	defer done()
 	l := arm(idt.Breakpoint)
 	s0 := live.Stats(0)
 	int3Site()
@@ -610,15 +614,11 @@ func fbtStepTimer(t *ktest.T) {
 	}
 	entry, rets := fbtProbes(t, fbtAdd)
 	ids := append([]int32{entry}, rets...)
-	if err := live.Enable(ids, live.Step); err != nil {
-		t.Fatalf("%v", err)
+	done := fbtPinned(t, ids, live.Step)
+	if done == nil {
 		return
 	}
-	defer live.Disable(ids)
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	defer kernel.UnpinCPU()
-	kernel.PinCPU(0)
+	defer done()
 	fbtGrowStack(fbtStackDepth)
 	t0 := trap.Count(0, kernel.VecTimer)
 	s0 := live.Stats(0)
