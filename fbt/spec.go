@@ -41,7 +41,7 @@ func ParseSpec(spec string) ([]Selector, error) {
 	for _, term := range strings.Split(spec, ",") {
 		s, err := parseTerm(term)
 		if err != nil {
-			return nil, fmt.Errorf("fbt: probe %q: %w", term, err)
+			return nil, fmt.Errorf("fbt: probe %q: %w", clip(term), err)
 		}
 		out = append(out, s)
 	}
@@ -60,6 +60,9 @@ func parseTerm(term string) (Selector, error) {
 	glob := term
 	if i := strings.LastIndexByte(term, ':'); i >= 0 {
 		glob = term[:i]
+		if strings.ContainsAny(glob, ":+") {
+			return s, fmt.Errorf("a probe kind follows a function pattern, not an offset or another kind")
+		}
 		switch term[i+1:] {
 		case "entry":
 			s.Return = false
@@ -69,13 +72,18 @@ func parseTerm(term string) (Selector, error) {
 			return s, fmt.Errorf("unknown probe kind %q (want entry or return)", term[i+1:])
 		}
 	} else if i := strings.LastIndexByte(term, '+'); i >= 0 {
-		off, err := strconv.ParseUint(term[i+1:], 0, 31)
-		if err != nil {
-			return s, fmt.Errorf("offset %q is not a number", term[i+1:])
+		digits, base := term[i+1:], 10
+		if strings.HasPrefix(digits, "0x") {
+			digits, base = digits[2:], 16
 		}
+		off, err := strconv.ParseUint(digits, base, 31)
+		if err != nil || strings.Contains(digits, "_") {
+			return s, fmt.Errorf("offset %q is not a decimal or 0x hex number", clip(term[i+1:]))
+		}
+		// The name is taken literally (no glob): pointer-receiver methods have * in theirs.
 		s.Func, s.Offset, s.Entry, s.Return = term[:i], int(off), false, false
-		if s.Func == "" || strings.ContainsAny(s.Func, "*?[]\\") {
-			return s, fmt.Errorf("an offset probe names one function, without glob characters")
+		if s.Func == "" {
+			return s, fmt.Errorf("an offset probe names a function")
 		}
 		s.literal, s.exact = true, true
 		return s, nil
@@ -103,7 +111,9 @@ func globRegexp(glob string) (re *regexp.Regexp, literal string, err error) {
 	for i := 0; i < len(glob); i++ {
 		switch c := glob[i]; c {
 		case '*':
-			b.WriteString(".*")
+			if !strings.HasSuffix(b.String(), ".*") { // a run of * is one
+				b.WriteString(".*")
+			}
 			meta = true
 		case '?':
 			b.WriteByte('.')
@@ -157,6 +167,14 @@ func globRegexp(glob string) (re *regexp.Regexp, literal string, err error) {
 		return re, "", nil
 	}
 	return re, lit.String(), nil
+}
+
+// clip shortens what an error quotes.
+func clip(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "..."
+	}
+	return s
 }
 
 // Match reports whether the term selects the function named name.

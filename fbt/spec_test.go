@@ -1,6 +1,7 @@
 package fbt
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -30,11 +31,18 @@ func TestParseSpec(t *testing.T) {
 	assert.True(t, g[2].Match("x.b") && !g[2].Match("x.a"))
 	_, ok = g[0].Literal()
 	assert.False(t, ok)
+	p, err := ParseSpec("runtime.(*mheap).alloc+0x10,f+010")
+	require.NoError(t, err)
+	assert.Equal(t, "runtime.(*mheap).alloc", p[0].Func)
+	assert.Equal(t, 10, p[1].Offset, "decimal, not octal")
+	stars, err := ParseSpec(strings.Repeat("*", 1000))
+	require.NoError(t, err)
+	assert.True(t, stars[0].Match(strings.Repeat("x", 4096)))
 }
 
 func TestParseSpecRejects(t *testing.T) {
 	for _, bad := range []string{"", ",", "a,,b", "runtime.[abc", "x]", "f:exit", "f+zz", "f+-1",
-		"*+4", "+4", ":entry", `f\`, "f+0x100000000", "x.[]", "x.[^]"} {
+		"+4", "f+010x", "f+0b101", "f+1_6", "f+0x_20", "f+0x20:entry", "f:entry:return", ":entry", `f\`, "f+0x100000000", "x.[]", "x.[^]"} {
 		_, err := ParseSpec(bad)
 		assert.Error(t, err, "%q", bad)
 	}

@@ -23,11 +23,10 @@ const sysKcall = 0x7e57
 
 // Kernel call numbers.
 const (
-	kcPoke     = iota // PokeText(a, byte(b))
-	kcMapXOL          // MapXOL(a, b)
-	kcSync            // SyncCPUs()
-	kcPin             // setPin(int32(a))
-	kcPokeMany        // pokeMany(a: *Poke, b: count)
+	kcPoke   = iota // PokeText(a, byte(b))
+	kcMapXOL        // MapXOL(a, b)
+	kcSync          // SyncCPUs()
+	kcPin           // setPin(int32(a))
 	numKcalls
 )
 

@@ -45,6 +45,7 @@ func pokeText(addr uintptr, b byte) bool {
 	vmLock.lock()
 	ok := kpt.mapPage(pokeAlias, page, pteWrite|pteNX) == ptOK
 	if ok {
+		invlpg(pokeAlias) // no stale (speculatively cached) translation of the alias here
 		*(*byte)(unsafe.Pointer(uintptr(pokeAlias + uint64(addr)%pageSize))) = b
 		kpt.unmapPage(pokeAlias)
 		invlpg(pokeAlias) // only this CPU ever touched the alias

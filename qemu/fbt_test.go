@@ -61,9 +61,10 @@ func TestFBTUnderPVShim(t *testing.T) {
 	}
 }
 
-// The XOL area within rel32 reach: the relocation classes again, through the near paths.
+// The XOL area within rel32 reach: the relocation classes again, through the near paths; and
+// the per-probe protocol measured at 10,000 probes as well.
 func TestFBTNearXOL(t *testing.T) {
-	s := fbtBoot(t, 2, "fbt.xol=near")
+	s := fbtBoot(t, 2, "fbt.xol=near fbt_scale_per_probe=10000")
 	xol, _ := s.Find("relocation_classes").Diag("xol")
 	assert.Equal(t, "near", xol)
 }

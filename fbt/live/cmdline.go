@@ -27,9 +27,15 @@ func ConfigFrom(params map[string]string) (Config, error) {
 	default:
 		return c, fmt.Errorf("fbt.xol=%q: want far or near", v)
 	}
-	c.Unsafe = params["fbt.safe"] == "0"
-	c.Guard = params["fbt.guard"] != "0"
-	c.Batch = params["fbt.batch"] != "0"
+	// ktest has range-checked the numbers; read them as numbers ("00" is 0).
+	zero := func(k string) bool {
+		v, ok := params[k]
+		n, err := strconv.ParseUint(v, 10, 32)
+		return ok && err == nil && n == 0
+	}
+	c.Unsafe = zero("fbt.safe")
+	c.Guard = !zero("fbt.guard")
+	c.Batch = !zero("fbt.batch")
 	if v, ok := params["fbt.sites"]; ok {
 		n, _ := strconv.ParseUint(v, 10, 32)
 		c.Sites = int(n)

@@ -29,7 +29,7 @@ func breakpoint(f *trap.Frame) bool {
 	cpu := kernel.CurrentCPU()
 	c := &cpus[cpu]
 	addr := uintptr(f.RIP - 1)
-	if c.stepping != 0 && addr >= stepExec(cpu) && addr < stepExec(cpu)+slotSize {
+	if c.stepping != 0 && addr >= stepExec(cpu)+uintptr(len(site(c.stepSite).step.Code)) && addr < stepExec(cpu)+slotSize {
 		// A guard after the step copy: the step's #DB never came. Finish as it would have.
 		c.MissedDB++
 		finishStep(f, c, cpu, uint64(addr))
@@ -73,6 +73,9 @@ func breakpoint(f *trap.Frame) bool {
 		c.inAction = 0
 	}
 	how := s.how
+	if f.RFLAGS&rflagsTF != 0 && s.step != nil && c.stepping == 0 {
+		how = howStep // the code is being single-stepped: only a step gives its #DB where it expects
+	}
 	if how == howEmulate {
 		if !(s.emu.WritesStack() && kernel.OnCPUStacks(f.RSP)) && s.emu.Run(f) {
 			c.Emulated++
@@ -96,6 +99,8 @@ func breakpoint(f *trap.Frame) bool {
 		f.RIP = uint64(s.boost)
 	case howStep:
 		startStep(f, c, s, id, cpu)
+	default:
+		return false // no way planned: reported as a fatal #BP rather than run from mid-instruction
 	}
 	return true
 }
@@ -175,10 +180,10 @@ func finishStep(f *trap.Frame, c *cpuState, cpu int, rip uint64) {
 		f.RFLAGS |= rflagsTF
 		return
 	}
-	if inSlot {
+	if inSlot && resume != r {
 		f.RIP = resume
 	} else {
-		f.RIP = rip // a ret or indirect branch went where it goes
+		f.RIP = rip // a ret or indirect branch went where it goes (or a trap stayed in the slot)
 	}
 	if st.Scratch >= 0 {
 		*fbt.Reg(f, st.Scratch) = c.scratchOld

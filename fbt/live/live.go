@@ -143,6 +143,7 @@ type Site struct {
 	Off  int32 // offset in the function
 
 	enabled uint32 // atomic; see the protocol
+	repatch uint32 // atomic: enabled, but a failed Disable put the original byte back
 	planned bool
 	how     uint8
 	orig    byte
@@ -607,16 +608,20 @@ func plan(s *Site, m Mode) error {
 			s.why = errS.Error()
 		}
 	}
-	s.how = 0
+	how := uint8(0)
 	switch {
 	case (m == Auto || m == Emulate) && s.emu != nil && (s.boost != 0 || s.step != nil):
-		s.how = howEmulate
+		how = howEmulate
 	case (m == Auto || m == Boost) && s.boost != 0:
-		s.how = howBoost
+		how = howBoost
 	case (m == Auto || m == Step) && s.step != nil:
-		s.how = howStep
+		how = howStep
 	}
-	if s.how == 0 {
+	// An enabled site keeps its way: its handler may be reading it now.
+	if how != 0 && atomic.LoadUint32(&s.enabled) == 0 {
+		s.how = how
+	}
+	if how == 0 {
 		why := s.why
 		if why == "" {
 			why = "not emulated"
@@ -684,6 +689,9 @@ func enable(ids []int32, m Mode, nsync int) error {
 	for _, id := range ids {
 		s := site(id)
 		if atomic.LoadUint32(&s.enabled) != 0 {
+			if atomic.SwapUint32(&s.repatch, 0) == 1 {
+				todo = append(todo, s) // a failed Disable restored its byte: patch it again
+			}
 			continue
 		}
 		if err = plan(s, m); err != nil {
@@ -760,6 +768,11 @@ func disable(ids []int32, nsync int) error {
 		ok = syncAll() && ok
 	}
 	if !ok {
+		// The original bytes are back but a CPU may not have seen it: the sites stay marked
+		// enabled (their plans live), and Enable patches them again.
+		for _, id := range ids {
+			atomic.StoreUint32(&site(id).repatch, 1)
+		}
 		return errors.New("fbt: a CPU did not serialise; sites left enabled")
 	}
 	for _, id := range ids {

@@ -122,3 +122,14 @@ func TestKernelNumbersAreValidated(t *testing.T) {
 	_, err = ParseCmdline([]string{"ap_stuck=" + strconv.Itoa(trap.MaxCPUs-1)}, nil)
 	assert.NoError(t, err)
 }
+
+// Every fbt number is range-checked here (the kernel reads them without error reporting).
+func TestFBTNumbersChecked(t *testing.T) {
+	for _, w := range []string{"fbt.sites=junk", "fbt.sites=-1", "fbt.sites=99999999999", "fbt.batch=2",
+		"fbt.batch=no", "fbt.safe=2", "fbt.guard=x", "fbt.drop_db=-3", "fbt_scale_per_probe=5", "wx=2"} {
+		_, err := ParseCmdline([]string{w}, nil)
+		if err == nil {
+			t.Errorf("%s accepted", w)
+		}
+	}
+}
