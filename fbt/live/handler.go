@@ -41,12 +41,12 @@ func breakpoint(f *trap.Frame) bool {
 	}
 	s := site(id)
 	if atomic.LoadUint32(&s.enabled) == 0 {
-		if b, flt := trap.SafeLoad8(addr); !flt.Failed() && b != opcodeINT3 {
-			c.Raced++ // disabled between the INT3 and this handler: run the original byte
-			f.RIP = uint64(addr)
-			return true
-		}
-		return false
+		// Disabled between the INT3 and this handler (the original byte is back), or being
+		// enabled again right now (its INT3 written after its flag, which this CPU will see
+		// next time): either way re-executing at the site is right.
+		c.Raced++
+		f.RIP = uint64(addr)
+		return true
 	}
 	atomic.AddUint64(&counts[cpu][id], 1)
 	c.Hits++
