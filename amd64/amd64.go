@@ -21,9 +21,14 @@ const (
 // RFLAGS bits (SDM Vol. 1, 3.4.3).
 const (
 	RFLAGS_CF = 1 << 0
+	RFLAGS_PF = 1 << 2
+	RFLAGS_AF = 1 << 4
+	RFLAGS_ZF = 1 << 6
+	RFLAGS_SF = 1 << 7
 	RFLAGS_TF = 1 << 8
 	RFLAGS_IF = 1 << 9
 	RFLAGS_DF = 1 << 10
+	RFLAGS_OF = 1 << 11
 	RFLAGS_AC = 1 << 18
 )
 

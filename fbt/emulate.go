@@ -5,6 +5,7 @@ import (
 
 	"golang.org/x/arch/x86/x86asm"
 
+	"tracebed/amd64"
 	"tracebed/trap"
 )
 
@@ -171,14 +172,14 @@ func PlanEmulate(insn []byte, from uint64) (*Emu, error) {
 // Trap context allowed.
 func (e *Emu) WritesStack() bool { return e.op == emuPush || e.op == emuCall }
 
-// The arithmetic flags the emulated instructions set (RFLAGS bits).
+// The arithmetic flags the emulated instructions set (RFLAGS bits, named in package amd64).
 const (
-	flagCF    = 1 << 0
-	flagPF    = 1 << 2
-	flagAF    = 1 << 4
-	flagZF    = 1 << 6
-	flagSF    = 1 << 7
-	flagOF    = 1 << 11
+	flagCF    = amd64.RFLAGS_CF
+	flagPF    = amd64.RFLAGS_PF
+	flagAF    = amd64.RFLAGS_AF
+	flagZF    = amd64.RFLAGS_ZF
+	flagSF    = amd64.RFLAGS_SF
+	flagOF    = amd64.RFLAGS_OF
 	arithMask = flagCF | flagPF | flagAF | flagZF | flagSF | flagOF
 )
 

@@ -120,6 +120,19 @@ func fbtSetup(t *ktest.T) bool {
 	return true
 }
 
+// fbtSetupSeconds is fbtSetup for the timed cases, with fbt_seconds (default 3).
+func fbtSetupSeconds(t *ktest.T) (int64, bool) {
+	if !fbtSetup(t) {
+		return 0, false
+	}
+	secs, err := ktest.Options{Params: t.Params}.IntParam("fbt_seconds", 3)
+	if err != nil {
+		t.Fatalf("%v", err)
+		return 0, false
+	}
+	return secs, true
+}
+
 // fbtPinned enables ids in mode m and pins the calling goroutine's thread to CPU 0; the
 // function it returns undoes both. nil when enabling failed (reported).
 func fbtPinned(t *ktest.T, ids []int32, m live.Mode) func() {
@@ -721,12 +734,8 @@ func fbtCost(t *ktest.T) {
 // maps, pass values through channels and collect garbage for fbt_seconds; the workload's
 // own checks must pass and probes must fire on every CPU.
 func fbtAll(t *ktest.T) {
-	if !fbtSetup(t) {
-		return
-	}
-	secs, err := ktest.Options{Params: t.Params}.IntParam("fbt_seconds", 3)
-	if err != nil {
-		t.Fatalf("%v", err)
+	secs, ok := fbtSetupSeconds(t)
+	if !ok {
 		return
 	}
 	sel, err := live.Resolve(fbtAllSpec)
@@ -968,12 +977,8 @@ func fbtScale(t *ktest.T) {
 var FBTTorture = ktest.Suite{Name: "fbt_torture", Cases: []ktest.Case{{Name: "enable_load_disable", Run: fbtTorture}}}
 
 func fbtTorture(t *ktest.T) {
-	if !fbtSetup(t) {
-		return
-	}
-	secs, err := ktest.Options{Params: t.Params}.IntParam("fbt_seconds", 3)
-	if err != nil {
-		t.Fatalf("%v", err)
+	secs, ok := fbtSetupSeconds(t)
+	if !ok {
 		return
 	}
 	ids := fbtScaleIDs(t, 1<<30)
