@@ -168,7 +168,7 @@ func fatalTrap(c *CPU, f *Frame) {
 		s(" R10 ").hex(f.R10).s(" R11 ").hex(f.R11).s(" R12 ").hex(f.R12).out()
 	k.s("tracebed: fatal R13 ").hex(f.R13).s(" R14 ").hex(f.R14).s(" R15 ").hex(f.R15).out()
 	var pcs [maxFrames]uint64
-	n := c.walkStack(f.RIP, f.RBP, &pcs)
+	n := c.walkTrapped(f, &pcs)
 	k.s("tracebed: fatal stack")
 	for _, pc := range pcs[:n] {
 		k.c(' ').hex(pc)
@@ -209,6 +209,34 @@ func (c *CPU) walkStack(rip, rbp uint64, pcs *[maxFrames]uint64) int {
 		n++
 		bp = next
 	}
+	return n
+}
+
+// walkTrapped is walkStack for the state in f, which a trap may have caught anywhere in a
+// function: in a leaf without a frame (amd64.Pause), or in a prologue or an epilogue, where RBP
+// is still the caller's. There the return address is at RSP plus the function's SP delta at RIP
+// (the pclntab's pcsp), and the chain goes on from RBP. Without that, the walk skipped the
+// caller: a CPU spinning on Pause was reported as "Pause goexit".
+//
+// Trap context allowed.
+func (c *CPU) walkTrapped(f *Frame, pcs *[maxFrames]uint64) int {
+	tab := kernelTable()
+	d, ok := tab.SPDelta(uintptr(f.RIP))
+	if !ok || d < 0 || f.RBP == f.RSP+uint64(d)-8 { // RBP is this function's frame
+		return c.walkStack(f.RIP, f.RBP, pcs)
+	}
+	at := f.RSP + uint64(d)
+	if !(at >= identityTop && at < userTop || c.onStacks(at)) || at%8 != 0 {
+		return c.walkStack(f.RIP, f.RBP, pcs)
+	}
+	ret, fault := trap.SafeLoad64(uintptr(at))
+	if _, _, _, named := tab.Lookup(uintptr(ret) - 1); fault.Failed() || !named {
+		return c.walkStack(f.RIP, f.RBP, pcs) // not a return into the kernel: trust RBP
+	}
+	var rest [maxFrames]uint64
+	n := c.walkStack(ret, f.RBP, &rest)
+	pcs[0] = f.RIP
+	n = copy(pcs[1:], rest[:n]) + 1
 	return n
 }
 

@@ -280,5 +280,5 @@ func (s *cpuSnapshot) record(c *CPU, f *Frame) {
 	if c.current >= 0 {
 		s.tid = sched.T(c.current).TID
 	}
-	s.n = c.walkStack(f.RIP, f.RBP, &s.pcs)
+	s.n = c.walkTrapped(f, &s.pcs)
 }

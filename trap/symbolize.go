@@ -24,6 +24,7 @@ const (
 	// _func field offsets (runtime2.go).
 	funcEntryOff = 0
 	funcNameOff  = 4
+	funcPCSP     = 16
 	funcPCFile   = 20
 	funcPCLn     = 24
 	funcCUOffset = 32
@@ -61,33 +62,12 @@ func NewTable(data []byte, text uintptr) (Table, bool) {
 // Lookup names the function holding pc and the file and line of pc. The strings are views of
 // the table (no allocation). Trap context allowed.
 func (t *Table) Lookup(pc uintptr) (fn, file string, line int, ok bool) {
-	if pc < t.text || t.nfunc == 0 {
+	f, fnEntry, found := t.funcAt(pc)
+	if !found {
 		return "", "", 0, false
 	}
 	off := uint64(pc - t.text)
 	le := binary.LittleEndian
-	entry := func(i int) uint64 { return uint64(le.Uint32(t.pcln[8*i:])) }
-	if off >= entry(t.nfunc) {
-		return "", "", 0, false
-	}
-	lo, hi := 0, t.nfunc // find the last function whose entry is <= off
-	for hi-lo > 1 {
-		mid := (lo + hi) / 2
-		if entry(mid) <= off {
-			lo = mid
-		} else {
-			hi = mid
-		}
-	}
-	if entry(lo) > off {
-		return "", "", 0, false
-	}
-	funcoff := uint64(le.Uint32(t.pcln[8*lo+4:]))
-	if funcoff+funcSize > uint64(len(t.pcln)) {
-		return "", "", 0, false
-	}
-	f := t.pcln[funcoff:]
-	fnEntry := uint64(le.Uint32(f[funcEntryOff:]))
 	fn = cstring(t.funcnames, uint64(le.Uint32(f[funcNameOff:])))
 	fileno, ok1 := t.pcvalue(uint64(le.Uint32(f[funcPCFile:])), fnEntry, off)
 	ln, ok2 := t.pcvalue(uint64(le.Uint32(f[funcPCLn:])), fnEntry, off)
@@ -102,6 +82,53 @@ func (t *Table) Lookup(pc uintptr) (fn, file string, line int, ok bool) {
 		}
 	}
 	return fn, file, int(ln), true
+}
+
+// SPDelta is how many bytes the function holding pc has pushed or allocated below its return
+// address when pc is about to run: 0 at its entry and throughout a leaf without a frame (so
+// the return address is at RSP), the frame size in its body. false when pc is in no function
+// the table describes.
+//
+// Trap context allowed.
+func (t *Table) SPDelta(pc uintptr) (int32, bool) {
+	f, fnEntry, ok := t.funcAt(pc)
+	if !ok {
+		return 0, false
+	}
+	return t.pcvalue(uint64(binary.LittleEndian.Uint32(f[funcPCSP:])), fnEntry, uint64(pc-t.text))
+}
+
+// funcAt is the _func record of the function holding pc, and its entry as a text offset.
+//
+// Trap context allowed.
+func (t *Table) funcAt(pc uintptr) (f []byte, fnEntry uint64, ok bool) {
+	if pc < t.text || t.nfunc == 0 {
+		return nil, 0, false
+	}
+	off := uint64(pc - t.text)
+	le := binary.LittleEndian
+	entry := func(i int) uint64 { return uint64(le.Uint32(t.pcln[8*i:])) }
+	if off >= entry(t.nfunc) {
+		return nil, 0, false
+	}
+	lo, hi := 0, t.nfunc // find the last function whose entry is <= off
+	for hi-lo > 1 {
+		mid := (lo + hi) / 2
+		if entry(mid) <= off {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	if entry(lo) > off {
+		return nil, 0, false
+	}
+	funcoff := uint64(le.Uint32(t.pcln[8*lo+4:]))
+	if funcoff+funcSize > uint64(len(t.pcln)) {
+		return nil, 0, false
+	}
+	f = t.pcln[funcoff:]
+	return f, uint64(le.Uint32(f[funcEntryOff:])), true
 }
 
 // pcvalue runs the value table at off for the function entered at entry (text offsets) to

@@ -106,3 +106,50 @@ func TestFuncsMatchTheRuntime(t *testing.T) {
 	_, _, _, _, ok := tab.Func(tab.NumFuncs())
 	assert.False(t, ok)
 }
+
+// SPDelta finds a return address from RSP where RBP is not yet, or never, the function's own.
+func TestSPDelta(t *testing.T) {
+	tab := ownTable(t)
+	for i := 0; i < tab.NumFuncs(); i += 7 {
+		name, entry, end, _, ok := tab.Func(i)
+		require.True(t, ok)
+		if entry == end {
+			continue
+		}
+		d, ok := tab.SPDelta(entry)
+		if !strings.Contains(name, ".") {
+			continue // C, linked in for cgo: no pcsp table
+		}
+		require.True(t, ok, name)
+		require.Zero(t, d, "%s at its entry", name)
+	}
+	_, entry, end, _, ok := tab.Func(funcIndex(t, tab, "tracebed/trap.safeLoad64"))
+	require.True(t, ok)
+	for pc := entry; pc < end; pc++ {
+		d, ok := tab.SPDelta(pc)
+		require.True(t, ok)
+		require.Zero(t, d, "a leaf without a frame, at %#x", pc)
+	}
+	// In the middle of a function that calls (the PC before each return address), its frame
+	// is allocated: the return address is above it.
+	pcs := make([]uintptr, 8)
+	pcs = pcs[:runtime.Callers(1, pcs)]
+	for _, pc := range pcs[:len(pcs)-1] { // the last is goexit's
+		d, ok := tab.SPDelta(pc - 1)
+		require.True(t, ok)
+		assert.Positive(t, d, "%s", runtime.FuncForPC(pc-1).Name())
+		assert.Zero(t, d%8)
+	}
+	_, ok = tab.SPDelta(tab.text - 1)
+	assert.False(t, ok)
+}
+
+func funcIndex(t *testing.T, tab Table, want string) int {
+	for i := 0; i < tab.NumFuncs(); i++ {
+		if name, _, _, _, _ := tab.Func(i); name == want {
+			return i
+		}
+	}
+	t.Fatalf("no %s", want)
+	return -1
+}
