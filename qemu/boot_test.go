@@ -47,6 +47,9 @@ func boot(t *testing.T, cfg qemu.Config) *qemu.Report {
 	rep, err := qemu.Run(cfg, nil)
 	require.NoError(t, err)
 	t.Logf("%s", strings.Join(rep.Summary(), "\n"))
+	if d := rep.Diagnosis; d != nil { // a hang: where every vCPU was, and what the NMI printed
+		t.Logf("%s\nafter the NMI:\n%s", strings.Join(d.Lines(), "\n"), strings.Join(d.AfterNMI, "\n"))
+	}
 	return rep
 }
 
