@@ -23,20 +23,25 @@ const sysKcall = 0x7e57
 
 // Kernel call numbers.
 const (
-	kcPoke   = iota // PokeText(a, byte(b))
-	kcMapXOL        // MapXOL(a, b)
-	kcSync          // SyncCPUs()
-	kcPin           // setPin(int32(a))
+	kcPoke       = iota // PokeText(a, byte(b))
+	kcMapXOL            // MapXOL(a, b)
+	kcSync              // SyncCPUs()
+	kcPin               // setPin(int32(a))
+	kcXcall             // CrossCall(int(a), xcall.Func(c), b) from goroutine code
+	kcXbroadcast        // CrossBroadcast(a, xcall.Func(c), b) from goroutine code
 	numKcalls
 )
 
 // kcall runs kernel call n with arguments a and b and returns its result. Goroutine code.
-func kcall(n int, a, b uintptr) uintptr {
-	r, _, _ := syscall.RawSyscall(sysKcall, uintptr(n), a, b)
+func kcall(n int, a, b uintptr) uintptr { return kcall3(n, a, b, 0) }
+
+// kcall3 is kcall with a third argument (R10). Goroutine code.
+func kcall3(n int, a, b, c uintptr) uintptr {
+	r, _, _ := syscall.RawSyscall6(sysKcall, uintptr(n), a, b, c, 0, 0)
 	return r
 }
 
-// runKcall runs the kernel call in a SYSCALL frame (RDI: number, RSI and RDX: arguments).
+// runKcall runs the kernel call in a SYSCALL frame (RDI: number, RSI, RDX and R10: arguments).
 //
 // Kernel context: the SYSCALL entry (IF=0, not nested).
 func (c *CPU) runKcall(f *Frame) uint64 {
@@ -52,6 +57,10 @@ func (c *CPU) runKcall(f *Frame) uint64 {
 		return uint64(w)
 	case kcSync:
 		return b2u(CrossBroadcast(1<<uint(ncpuOnline)-1, syncCall, 0) == xcall.OK)
+	case kcXcall:
+		return uint64(CrossCall(int(a), xcall.Func(f.R10), b))
+	case kcXbroadcast:
+		return uint64(CrossBroadcast(uint64(a), xcall.Func(f.R10), b))
 	case kcPin:
 		klock.lock()
 		sched.T(c.current).Pin = int32(a)

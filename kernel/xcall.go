@@ -5,6 +5,7 @@ import (
 
 	"tracebed/amd64"
 	"tracebed/kernel/ktest"
+	"tracebed/trap"
 	"tracebed/xcall"
 )
 
@@ -59,6 +60,9 @@ func drainCalls() {
 //
 // Trap context allowed.
 func CrossCall(cpu int, f xcall.Func, arg uintptr) xcall.Error {
+	if fromGoroutine() {
+		return xcall.Error(kcall3(kcXcall, uintptr(cpu), arg, uintptr(f)))
+	}
 	fl := amd64.DisableInterrupts()
 	c := thisCPU()
 	e := xcall.ErrNMI
@@ -74,6 +78,9 @@ func CrossCall(cpu int, f xcall.Func, arg uintptr) xcall.Error {
 //
 // Trap context allowed.
 func CrossBroadcast(set uint64, f xcall.Func, arg uintptr) xcall.Error {
+	if fromGoroutine() {
+		return xcall.Error(kcall3(kcXbroadcast, uintptr(set), arg, uintptr(f)))
+	}
 	fl := amd64.DisableInterrupts()
 	c := thisCPU()
 	e := xcall.ErrNMI
@@ -82,6 +89,18 @@ func CrossBroadcast(set uint64, f xcall.Func, arg uintptr) xcall.Error {
 	}
 	amd64.RestoreInterrupts(fl)
 	return e
+}
+
+// fromGoroutine reports whether the caller is goroutine code with interrupts on (a thread at
+// trap depth 0), which then makes its cross-CPU call in a kernel call. It must not disable
+// interrupts itself and call on: a Go function's prologue may deschedule the goroutine right
+// there (a preemption request), and it would go on, on another thread and another CPU, with
+// the first CPU taken as its own — CI saw a call meant for CPU 0 run on CPU 1 this way. Kernel
+// code and trap handlers (even on a trap gate, with IF on) call directly.
+//
+// Trap context allowed.
+func fromGoroutine() bool {
+	return amd64.Flags()&amd64.RFLAGS_IF != 0 && trap.Depth(thisCPU().id) == 0
 }
 
 // InLockWait reports whether this CPU is spinning for a kernel lock (a cross-CPU call run from
