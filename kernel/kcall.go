@@ -2,6 +2,7 @@ package kernel
 
 import (
 	"syscall"
+	"unsafe"
 
 	"tracebed/kernel/sched"
 	"tracebed/xcall"
@@ -23,12 +24,13 @@ const sysKcall = 0x7e57
 
 // Kernel call numbers.
 const (
-	kcPoke       = iota // PokeText(a, byte(b))
-	kcMapXOL            // MapXOL(a, b)
-	kcSync              // SyncCPUs()
-	kcPin               // setPin(int32(a))
-	kcXcall             // CrossCall(int(a), xcall.Func(c), b) from goroutine code
-	kcXbroadcast        // CrossBroadcast(a, xcall.Func(c), b) from goroutine code
+	kcPoke        = iota // PokeText(a, byte(b))
+	kcMapXOL             // MapXOL(a, b)
+	kcSync               // SyncCPUs()
+	kcPin                // setPin(int32(a))
+	kcXcall              // CrossCall(int(a), xcall.Func(c), b) from goroutine code
+	kcXbroadcast         // CrossBroadcast(a, xcall.Func(c), b) from goroutine code
+	kcSyncThreads        // SyncThreads(out): a is &out[0], b is len(out)
 	numKcalls
 )
 
@@ -66,6 +68,11 @@ func (c *CPU) runKcall(f *Frame) uint64 {
 		sched.T(c.current).Pin = int32(a)
 		c.unlockKlock()
 		return 0
+	case kcSyncThreads:
+		if b == 0 {
+			return 0
+		}
+		return c.syncThreads(unsafe.Slice((*uint64)(unsafe.Pointer(a)), b))
 	}
 	return ^uint64(0)
 }

@@ -2,10 +2,13 @@ package kernel
 
 import (
 	"syscall"
+	"unsafe"
 
 	"tracebed/amd64"
 	"tracebed/idt"
+	"tracebed/kernel/sched"
 	"tracebed/trap"
+	"tracebed/xcall"
 )
 
 // What the in-kernel suites that exercise traps need from the kernel: running on a chosen CPU,
@@ -53,6 +56,77 @@ func HypervisorName() amd64.Hypervisor { return hypervisor }
 //
 // Trap context allowed (or kernel code with interrupts off).
 func FireTimerIn(ns int64) { timerIn(ns) }
+
+// PreemptSoon ends this CPU's time slice and raises its timer interrupt at once (a self-IPI):
+// it is taken as soon as interrupts are on again — for a trap handler, before the instruction
+// it returns to — and the scheduler switches to the next thread queued for this CPU, if any.
+// How a suite gets a thread preempted at a chosen instruction.
+//
+// Trap context allowed (interrupts off).
+func PreemptSoon() {
+	c := thisCPU()
+	c.sliceEnd = 0
+	lapic.Self(vecTimer)
+}
+
+// SyncThreads is SyncCPUs that also takes a snapshot of where every thread is: it fills out
+// with the saved RIP of each thread that is queued or blocked, and the interrupted RIP of each
+// thread running on any CPU (read there by the serialising call itself, after any trap handler
+// that CPU was running has returned). klock is held throughout, so no thread is switched in or
+// out while the snapshot is taken. It returns how many RIPs it stored (at most len(out)) and
+// false if a CPU did not answer (the snapshot then lacks that CPU's thread).
+//
+// Goroutine code (a kernel call).
+func SyncThreads(out []uint64) (int, bool) {
+	if len(out) == 0 {
+		return 0, SyncCPUs()
+	}
+	r := kcall(kcSyncThreads, uintptr(unsafe.Pointer(&out[0])), uintptr(len(out)))
+	return int(r >> 1), r&1 != 0
+}
+
+// syncThreads is SyncThreads in the kernel: the result is n<<1 | ok.
+//
+// Kernel context (a kernel call).
+func (c *CPU) syncThreads(out []uint64) uint64 {
+	var running [MaxCPUs]uint64
+	klock.lock()
+	n := 0
+	for i := int32(0); i < sched.Count() && n < len(out); i++ {
+		if t := sched.T(i); t.State == sched.Runnable || t.State == sched.Blocked {
+			out[n] = t.Frame.RIP
+			n++
+		}
+	}
+	ok := CrossBroadcast(1<<uint(ncpuOnline)-1, syncThreadCall, uintptr(unsafe.Pointer(&running))) == xcall.OK
+	for i := 0; i < ncpuOnline && n < len(out); i++ {
+		if running[i] != 0 && i != c.id { // this CPU's thread is the caller
+			out[n] = running[i]
+			n++
+		}
+	}
+	c.unlockKlock()
+	return uint64(n)<<1 | b2u(ok)
+}
+
+// syncThreadCall is syncThread, registered.
+var syncThreadCall xcall.Func
+
+// syncThread serialises this CPU (as serialize) and stores the interrupted RIP of the thread
+// running on it (0 if none) in (*[MaxCPUs]uint64)(arg)[cpu]. The thread's registers are at
+// the top of the kernel stack whenever this CPU is in the kernel with a thread current; klock,
+// held by the caller, keeps it current.
+//
+// Trap context (a cross-CPU call).
+func syncThread(arg uintptr) {
+	amd64.CPUID(0, 0)
+	c := thisCPU()
+	var rip uint64
+	if c.current >= 0 {
+		rip = (*Frame)(unsafe.Pointer(c.kstack - unsafe.Sizeof(Frame{}))).RIP
+	}
+	(*[MaxCPUs]uint64)(unsafe.Pointer(arg))[c.id] = rip
+}
 
 // KernelText is the kernel's text: mapped for good, and never written.
 func KernelText() (start, end uintptr) { return kernelStart(), kernelTextEnd() }

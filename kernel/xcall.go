@@ -40,6 +40,7 @@ func initXcall(c *CPU) {
 	xcall.Init(&lapic, vecXcall, tscHz)
 	tlbFlushCall = xcall.Register(flushTLB) // at boot: no write barrier can be on yet
 	syncCall = xcall.Register(serialize)
+	syncThreadCall = xcall.Register(syncThread)
 	xcall.SetWaitHook(watchdogPollHere)
 	xcall.SetOnline(c.id, c.apicID)
 	xcallReady.Store(true)

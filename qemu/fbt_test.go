@@ -16,7 +16,7 @@ import (
 var fbtCases = []string{"sites", "wx_text_read_only", "exact_counts_emulate", "exact_counts_boost", "exact_counts_step",
 	"exact_counts_auto", "relocation_classes", "copyinstr", "safe_mode_if_off", "nested_hit_dropped",
 	"foreign_int3_passed_on", "step_with_timer_pending", "step_db_dropped", "probe_cost",
-	"all_probes_under_load", "scale_batched_vs_per_probe"}
+	"all_probes_under_load", "scale_batched_vs_per_probe", "reap_preempted_in_copy"}
 
 // fbtBoot boots the fbt suite with extra words and requires every case to pass.
 func fbtBoot(t *testing.T, cpus int, words string) *qemu.Result {
@@ -40,6 +40,9 @@ func TestFBTSuiteInQEMU(t *testing.T) {
 	for _, cpus := range []int{1, 4} {
 		t.Run(strconv.Itoa(cpus)+"cpus", func(t *testing.T) {
 			s := fbtBoot(t, cpus, "")
+			reap := s.Find("reap_preempted_in_copy")
+			assert.GreaterOrEqual(t, diagFloat(t, reap, "deferred_to_reaper"), 1.0)
+			assert.Zero(t, diagFloat(t, reap, "use_after_free"))
 			all := s.Find("all_probes_under_load")
 			assert.Greater(t, diagFloat(t, all, "sites_enabled"), 1000.0)
 			assert.Greater(t, diagFloat(t, all, "hits"), 10000.0)
@@ -126,6 +129,21 @@ func TestFBTWXMutationFails(t *testing.T) {
 	}
 }
 
+// The reaper is needed: a thread preempted inside a boosted copy keeps the copy's slot until
+// it has left. With fbt.reap=0 (free at once) the slot is freed under it, the thread resumes
+// in the INT3s that fill a freed slot, and the case fails with the use counted; with the
+// reaper (the fbt suite's run of the same case) the slot was deferred and nothing was used
+// after free.
+func TestFBTReapMutationFails(t *testing.T) {
+	rep := boot(t, qemu.Config{SMP: 2, Append: "suite=fbt_reap fbt.reap=0", Timeout: 3 * time.Minute})
+	require.Equal(t, qemu.Fail, rep.Outcome, "tail:\n%s", strings.Join(rep.Tail, "\n"))
+	c := rep.Results[0].Find("reap_preempted_in_copy")
+	require.NotNil(t, c)
+	assert.False(t, c.OK)
+	assert.GreaterOrEqual(t, diagFloat(t, c, "use_after_free"), 1.0)
+	assert.Zero(t, diagFloat(t, c, "deferred_to_reaper"))
+}
+
 // Enable every site (entries, returns and offsets: over 30,000), load every CPU with GC,
 // goroutines and cross-CPU calls, disable all, and again, for 10 s at 4 CPUs: text restored,
 // hits consistent, nothing crashed. make torture runs it for a minute.
@@ -136,5 +154,7 @@ func TestFBTTorture(t *testing.T) {
 	require.NotNil(t, c)
 	assert.GreaterOrEqual(t, diagFloat(t, c, "sites"), 30000.0)
 	assert.Greater(t, diagFloat(t, c, "hits"), 0.0)
+	assert.Zero(t, diagFloat(t, c, "use_after_free"))
+	assert.Zero(t, diagFloat(t, c, "slots_leaked"))
 	t.Logf("%v", c.Diags)
 }

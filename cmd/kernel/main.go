@@ -14,7 +14,7 @@ import (
 )
 
 var all = []ktest.Suite{suites.Runtime, suites.SMP, suites.Traps, suites.Hang, suites.HangKlock, suites.HangXcall, suites.HangAll, suites.Panic, suites.Fault, suites.FaultNil, suites.FaultConsole,
-	suites.FaultOverflow, suites.FaultGuard, suites.Xcall, suites.Console, suites.FBT, suites.FBTTorture}
+	suites.FaultOverflow, suites.FaultGuard, suites.Xcall, suites.Console, suites.FBT, suites.FBTTorture, suites.FBTReap}
 
 // defaults run when the command line names no suite.
 var defaults = []string{"runtime", "smp", "traps", "xcall", "fbt"}

@@ -13,7 +13,7 @@ import (
 // ConfigFrom reads the fbt.* kernel command-line parameters (ktest has checked that numbers
 // are numbers).
 func ConfigFrom(params map[string]string) (Config, error) {
-	c := Config{Guard: true, Batch: true, Sites: defaultSites}
+	c := Config{Guard: true, Batch: true, Reap: true, Sites: defaultSites}
 	var err error
 	if v, ok := params["fbt.mode"]; ok {
 		if c.Mode, err = ParseMode(v); err != nil {
@@ -36,6 +36,7 @@ func ConfigFrom(params map[string]string) (Config, error) {
 	c.Unsafe = zero("fbt.safe")
 	c.Guard = !zero("fbt.guard")
 	c.Batch = !zero("fbt.batch")
+	c.Reap = !zero("fbt.reap")
 	if v, ok := params["fbt.sites"]; ok {
 		n, _ := strconv.ParseUint(v, 10, 32)
 		c.Sites = int(n)
@@ -123,7 +124,7 @@ func EnableSelection(r *Selection, m Mode) (map[string]int, error) {
 	var ok []int32
 	for i, id := range r.IDs {
 		mu.Lock()
-		err := plan(site(id), m)
+		err := plan(id, m)
 		mu.Unlock()
 		if err != nil {
 			if r.Strict[i] {

@@ -37,7 +37,7 @@ func breakpoint(f *trap.Frame) bool {
 	}
 	id := lookup(addr)
 	if id < 0 {
-		return false
+		return freedSlotHit(f, c, addr)
 	}
 	s := site(id)
 	if atomic.LoadUint32(&s.enabled) == 0 {

@@ -143,8 +143,8 @@ type Site struct {
 	Off  int32 // offset in the function
 
 	enabled uint32 // atomic; see the protocol
-	repatch uint32 // atomic: enabled, but a failed Disable put the original byte back
 	planned bool
+	noBoost bool // the instruction cannot be relocated: no boosted copy, ever
 	how     uint8
 	orig    byte
 	copyin  bool // the action copies a string from the first argument (RAX)
@@ -179,7 +179,7 @@ type Record struct {
 // CPUStats are one CPU's counters.
 type CPUStats struct {
 	Hits, Actions, SafeSkipped, NestedDropped, Emulated, EmuFallback, Boosted, Steps,
-	MissedDB, Raced, PassedBP, PassedDB, CopyOK, CopyFault uint64
+	MissedDB, Raced, PassedBP, PassedDB, CopyOK, CopyFault, UseAfterFree uint64
 }
 
 type cpuState struct {
@@ -216,6 +216,7 @@ type Config struct {
 	Guard  bool   // false (fbt.guard=0): toxic functions may be probed (a mutation)
 	Sites  int    // fbt.sites=N: offset sites are added until the table holds N sites
 	Batch  bool   // false (fbt.batch=0): enable and disable one probe at a time, 3 syncs each
+	Reap   bool   // false (fbt.reap=0): free a disabled probe's slot at once (a mutation)
 }
 
 var (
@@ -350,6 +351,7 @@ func doInit(c Config) error {
 		return errors.New("fbt: cannot map the XOL area")
 	}
 	xolNext = trap.MaxCPUs * slotSize
+	initSlots()
 	prevBP = trap.Register(idt.Breakpoint, onBreakpoint)
 	prevDB = trap.Register(idt.Debug, onDebug)
 	return nil
@@ -568,15 +570,17 @@ func Returns(name string) []int32 {
 	return ids
 }
 
-// plan prepares site s for mode m: the emulation, the boosted copy in its XOL slot and the
-// step copy, as far as each applies; how is the first of them m allows. mu held.
-func plan(s *Site, m Mode) error {
+// plan prepares site id for mode m: the emulation, the boosted copy in an XOL slot and the
+// step copy, as far as each applies; how is the first of them m allows. A disabled site has
+// no slot (its disable released it): the copy is placed again. mu held.
+func plan(id int32, m Mode) error {
+	s := site(id)
+	code := unsafe.Slice((*byte)(unsafe.Pointer(s.Addr)), 16)
+	if end := funcs[s.Func].end; s.Addr+16 > end {
+		code = code[:end-s.Addr]
+	}
 	if !s.planned {
 		s.orig = *(*byte)(unsafe.Pointer(s.Addr))
-		code := unsafe.Slice((*byte)(unsafe.Pointer(s.Addr)), 16)
-		if end := funcs[s.Func].end; s.Addr+16 > end {
-			code = code[:end-s.Addr]
-		}
 		if in, err := x86asm.Decode(code, 64); err == nil {
 			switch in.Op {
 			case x86asm.RET, x86asm.JMP, x86asm.CALL:
@@ -586,26 +590,18 @@ func plan(s *Site, m Mode) error {
 		}
 		s.emu, _ = fbt.PlanEmulate(code, uint64(s.Addr))
 		s.stepRel = -1
-		var errB, errS error
-		if xolNext+slotSize <= xolSize {
-			to := xolExec + xolNext
-			var c *fbt.Copy
-			if c, errB = fbt.Relocate(code, uint64(s.Addr), uint64(to)); errB == nil && len(c.Code) <= slotSize {
-				copy(unsafe.Slice((*byte)(unsafe.Pointer(xolWrite+xolNext)), slotSize), c.Code)
-				s.boost = to
-				xolNext += slotSize
-			} else if errB == nil {
-				errB = errors.New("relocated copy longer than a slot")
-			}
-		} else {
-			errB = errors.New("XOL area full")
-		}
+		var errS error
 		s.step, errS = planStep(s, code)
 		s.planned = true
-		if errB != nil {
+		if errB := placeBoost(id, code); errB != nil {
+			s.noBoost = errB != errXOLFull
 			s.why = errB.Error()
 		} else if errS != nil {
 			s.why = errS.Error()
+		}
+	} else if s.boost == 0 && !s.noBoost && atomic.LoadUint32(&s.enabled) == 0 {
+		if err := placeBoost(id, code); err != nil {
+			s.why = err.Error()
 		}
 	}
 	how := uint8(0)
@@ -689,12 +685,9 @@ func enable(ids []int32, m Mode, nsync int) error {
 	for _, id := range ids {
 		s := site(id)
 		if atomic.LoadUint32(&s.enabled) != 0 {
-			if atomic.SwapUint32(&s.repatch, 0) == 1 {
-				todo = append(todo, s) // a failed Disable restored its byte: patch it again
-			}
 			continue
 		}
-		if err = plan(s, m); err != nil {
+		if err = plan(id, m); err != nil {
 			break
 		}
 		atomic.StoreUint32(&s.enabled, 1)
@@ -733,9 +726,11 @@ func syncAll() bool {
 // Syncs is how many all-CPU synchronisations enabling and disabling have made.
 func Syncs() uint64 { return syncs.Load() }
 
-// Disable disables sites ids: original bytes back, all CPUs serialised, then marked off — one
-// synchronisation for the whole batch (three per site with fbt.batch=0: the original byte,
-// the site's state, and its slot each published alone, as the per-probe protocol did).
+// Disable disables sites ids: original bytes back, sites marked off, then one synchronisation
+// for the whole batch (three per site with fbt.batch=0: the original byte, the site's state,
+// and its slot each published alone, as the per-probe protocol did). The last synchronisation
+// also snapshots every thread's RIP: the boosted copies' slots no thread is inside are freed,
+// the others wait for the reaper (slots.go).
 func Disable(ids []int32) error {
 	mu.Lock()
 	defer mu.Unlock()
@@ -750,33 +745,32 @@ func Disable(ids []int32) error {
 	return disable(ids, 1)
 }
 
-// mu held.
+// disable is Disable for one batch. A site is marked disabled right after its original byte
+// is back: a CPU that still takes the INT3 finds it disabled and re-executes the (restored)
+// instruction, and a handler that found it enabled just before has returned by the time the
+// synchronisation does (handlers run with interrupts off). mu held.
 func disable(ids []int32, nsync int) error {
-	n := 0
+	var off []*Site
 	for _, id := range ids {
 		s := site(id)
 		if atomic.LoadUint32(&s.enabled) != 0 {
 			kernel.PokeText(s.Addr, s.orig) // it was patched: it is text
-			n++
+			atomic.StoreUint32(&s.enabled, 0)
+			off = append(off, s)
 		}
 	}
-	if n == 0 {
+	if len(off) == 0 {
 		return nil
 	}
 	ok := true
-	for i := 0; i < nsync; i++ {
+	for i := 1; i < nsync; i++ {
 		ok = syncAll() && ok
 	}
-	if !ok {
-		// The original bytes are back but a CPU may not have seen it: the sites stay marked
-		// enabled (their plans live), and Enable patches them again.
-		for _, id := range ids {
-			atomic.StoreUint32(&site(id).repatch, 1)
-		}
-		return errors.New("fbt: a CPU did not serialise; sites left enabled")
-	}
-	for _, id := range ids {
-		atomic.StoreUint32(&site(id).enabled, 0)
+	syncs.Add(1)
+	n, synced := kernel.SyncThreads(ripBuf[:])
+	release(off, ripBuf[:n], synced && ok)
+	if !ok || !synced {
+		return errors.New("fbt: a CPU did not serialise; its slots wait for the reaper")
 	}
 	return nil
 }
@@ -829,6 +823,7 @@ func TotalStats() CPUStats {
 		t.PassedDB += s.PassedDB
 		t.CopyOK += s.CopyOK
 		t.CopyFault += s.CopyFault
+		t.UseAfterFree += s.UseAfterFree
 	}
 	return t
 }
@@ -901,9 +896,16 @@ func CheckRestored(ids []int32) string {
 	return ""
 }
 
-// Plannable prepares site id for mode m and reports whether m can run it.
+// Plannable prepares site id for mode m and reports whether m can run it. A disabled site's
+// boosted copy goes back to the free list (no thread can be inside a copy never enabled): the
+// next enable places it again.
 func Plannable(id int32, m Mode) bool {
 	mu.Lock()
 	defer mu.Unlock()
-	return plan(site(id), m) == nil
+	ok := plan(id, m) == nil
+	if s := site(id); s.boost != 0 && atomic.LoadUint32(&s.enabled) == 0 {
+		freeSlot(s.boost - xolExec)
+		s.boost = 0
+	}
+	return ok
 }

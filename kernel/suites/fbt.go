@@ -6,7 +6,9 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -44,7 +46,11 @@ var FBT = ktest.Suite{Name: "fbt", Cases: []ktest.Case{
 	{Name: "probe_cost", Run: fbtCost},
 	{Name: "all_probes_under_load", Run: fbtAll},
 	{Name: "scale_batched_vs_per_probe", Run: fbtScale},
+	{Name: "reap_preempted_in_copy", Run: fbtReap},
 }}
+
+// FBTReap is the reaper's case alone: the fbt.reap=0 mutation boots it to see it fail.
+var FBTReap = ktest.Suite{Name: "fbt_reap", Cases: []ktest.Case{{Name: "reap_preempted_in_copy", Run: fbtReap}}}
 
 // The probed functions. noinline keeps them real calls; fbtCallee gives fbtAdd a frame. fbtAdd
 // is nosplit: a function with Go's stack-check prologue runs its first instruction again
@@ -970,6 +976,28 @@ func fbtScale(t *ktest.T) {
 	}
 }
 
+// fbtReapSettled waits (up to 2 s) for the reaper to free what it holds, prints the teardown's
+// slot figures since r0 (and u0 uses after free), fails on a slot still pending or leaked,
+// and returns the uses after free.
+func fbtReapSettled(t *ktest.T, r0 live.ReapStats, u0 uint64) uint64 {
+	deadline := time.Now().Add(2 * time.Second)
+	for live.Reaping().Pending > 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	r, uaf := live.Reaping(), live.TotalStats().UseAfterFree-u0
+	t.Diag("deferred_to_reaper", r.Deferred-r0.Deferred)
+	t.Diag("reaper_retries", r.Retries-r0.Retries)
+	t.Diag("reaped", r.Reaped-r0.Reaped)
+	t.Diag("freed_at_once", r.FreedAtOnce-r0.FreedAtOnce)
+	t.Diag("use_after_free", uaf)
+	t.Diag("slots_pending", r.Pending)
+	t.Diag("slots_leaked", r.Leaked)
+	if r.Pending != 0 || r.Leaked != 0 {
+		t.Errorf("%d slot(s) still pending after 2 s, %d leaked", r.Pending, r.Leaked)
+	}
+	return uaf
+}
+
 // FBTTorture loops { enable every site (entries, returns and offsets: over 30,000) → GC,
 // goroutine and cross-CPU call load on every CPU → disable all } for fbt_seconds. Every loop
 // must leave the text as it was, the workload's checks must pass, and the hits counted per
@@ -983,6 +1011,8 @@ func fbtTorture(t *ktest.T) {
 	}
 	ids := fbtScaleIDs(t, 1<<30)
 	n := kernel.OnlineCPUs()
+	r0, u0 := live.Reaping(), live.TotalStats().UseAfterFree
+	var loaded time.Duration
 	deadline := time.Now().Add(time.Duration(secs) * time.Second)
 	loops := 0
 	var hits uint64
@@ -992,7 +1022,8 @@ func fbtTorture(t *ktest.T) {
 		sum0 := fbtSum(ids)
 		on, de, _ := fbtEnableMany(t, ids)
 		bad := make([]string, n)
-		until := time.Now().Add(time.Second)
+		l0 := time.Now()
+		until := l0.Add(time.Second)
 		onCPUs(0, n, func(cpu int, pinned bool) {
 			for r := 0; time.Now().Before(until); r++ {
 				if e := fbtWorkload(cpu, r); e != "" {
@@ -1006,6 +1037,7 @@ func fbtTorture(t *ktest.T) {
 			}
 		})
 		t0 := time.Now()
+		loaded += t0.Sub(l0)
 		if err := live.Disable(on); err != nil {
 			t.Errorf("loop %d: disable: %v", loops, err)
 		}
@@ -1035,10 +1067,108 @@ func fbtTorture(t *ktest.T) {
 	t.Diag("hits", hits)
 	t.Diag("enable_ms_per_loop", enableMs/int64(loops))
 	t.Diag("disable_ms_per_loop", disableMs/int64(loops))
+	t.Diag("fires_per_second", fmt.Sprintf("%.0f", float64(hits)/loaded.Seconds()))
+	if uaf := fbtReapSettled(t, r0, u0); uaf != 0 {
+		t.Errorf("%d use(s) of a freed XOL slot", uaf)
+	}
 	if fbtIFOff.Load() != 0 {
 		t.Errorf("the workload ran %d rounds with interrupts off", fbtIFOff.Load())
 	}
 	if len(ids) < 30000 {
 		t.Errorf("only %d sites", len(ids))
+	}
+}
+
+//go:noinline
+//go:nosplit
+func fbtReapTarget(x int) int { return x*3 + 1 }
+
+// fbtReap gets a thread preempted inside a boosted copy and disables the probe while the thread
+// is descheduled there. Two threads share the last CPU: A calls the probed function in a loop;
+// B, queued behind it, arms the probe's action to end A's time slice, so that the timer
+// interrupt comes right after the handler, at the copy's first instruction, and B runs while A
+// waits in the copy. B disables the probe: the disable's snapshot must find A inside and leave
+// the slot to the reaper, which frees it once A has left; A's results stay right. With
+// fbt.reap=0 the slot is freed (filled with INT3) at once, A resumes in it, and the case fails
+// with the use after free counted. An attempt in which A was not caught inside (another
+// thread ran first) is repeated, up to 20 times; never catching it is a failure too.
+func fbtReap(t *ktest.T) {
+	if !fbtSetup(t) {
+		return
+	}
+	entry, err := live.Find(fbtName(fbtReapTarget), live.Entry, 0)
+	if err != nil {
+		t.Fatalf("%v", err)
+		return
+	}
+	cpu := kernel.OnlineCPUs() - 1
+	// A and B each hold a P while they share one CPU (A's loop has no preemption point and
+	// would keep the only P at one CPU), and the reaper and the runtime get another.
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(kernel.OnlineCPUs() + 2))
+	var arm, fired atomic.Bool
+	live.SetNestHook(func() {
+		if arm.Load() && kernel.CurrentCPU() == cpu {
+			arm.Store(false)
+			fired.Store(true)
+			kernel.PreemptSoon()
+		}
+	})
+	defer live.SetNestHook(nil)
+	r0, u0 := live.Reaping(), live.TotalStats().UseAfterFree
+	attempts, caught := 0, false
+	var bad atomic.Int64
+	for attempts < 20 && !caught && live.TotalStats().UseAfterFree == u0 {
+		attempts++
+		if err := live.Enable([]int32{entry}, live.Boost); err != nil {
+			t.Fatalf("%v", err)
+			return
+		}
+		d0 := live.Reaping().Deferred
+		arm.Store(false)
+		fired.Store(false)
+		var stop atomic.Bool
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { // A
+			defer wg.Done()
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			defer kernel.UnpinCPU()
+			kernel.PinCPU(cpu)
+			for i := 0; !stop.Load(); i++ {
+				if fbtReapTarget(i) != 3*i+1 {
+					bad.Add(1)
+				}
+			}
+		}()
+		func() { // B, on this goroutine
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			defer kernel.UnpinCPU()
+			kernel.PinCPU(cpu)
+			arm.Store(true)
+			deadline := time.Now().Add(2 * time.Second)
+			for !fired.Load() && time.Now().Before(deadline) {
+				syscall.Syscall(syscall.SYS_SCHED_YIELD, 0, 0, 0)
+			}
+			arm.Store(false)
+			if err := live.Disable([]int32{entry}); err != nil {
+				t.Errorf("disable: %v", err)
+			}
+			caught = live.Reaping().Deferred > d0
+			stop.Store(true)
+		}()
+		wg.Wait()
+	}
+	t.Diag("attempts", attempts)
+	uaf := fbtReapSettled(t, r0, u0)
+	switch {
+	case uaf != 0:
+		t.Errorf("a thread resumed in a freed XOL slot %d time(s): the slot was freed while it was inside (fbt.reap=%s)", uaf, t.Params["fbt.reap"])
+	case !caught:
+		t.Errorf("in %d attempts no thread was caught inside the copy at the disable: the case proved nothing", attempts)
+	}
+	if bad.Load() != 0 {
+		t.Errorf("%d wrong results from the probed function", bad.Load())
 	}
 }

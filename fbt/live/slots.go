@@ -1,0 +1,245 @@
+package live
+
+import (
+	"errors"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"tracebed/fbt"
+	"tracebed/kernel"
+	"tracebed/kernel/sched"
+	"tracebed/trap"
+)
+
+// Boost slots: allocation, teardown and the reaper.
+//
+// A site's boosted copy lives in a slot of the XOL area from the enable that plans it until the
+// disable that ends it. Disabling detaches the slot from the site (the next enable places a new
+// copy) and frees it only when no thread can be inside it. After the disable's synchronisation
+// no CPU can take the site's INT3 again and no #BP handler that read the site enabled is still
+// running, so no thread can enter the slot any more; a thread already inside stays inside until
+// it runs the copy's jump back, and it may be preempted there (the timer interrupt pending
+// during the handler is taken at the copy's first instruction). The synchronisation is
+// kernel.SyncThreads, which also snapshots every thread's RIP (saved, or read on the CPU running
+// it) with no thread switched meanwhile: a slot no RIP lies in is free for good. The others go
+// to the reaper, a goroutine that takes a new snapshot about every millisecond until they are
+// free (each slot still in use at a snapshot counts a retry).
+//
+// A freed slot is filled with INT3 before it goes back to the free list (last in, first out, so
+// a freed slot is the next one placed). A thread that resumes in a freed slot — what the reaper
+// exists to prevent, and what fbt.reap=0 (free at once) lets happen — raises #BP there: counted
+// as a use after free; a thread that had not begun the copy re-executes the site's original
+// instruction instead, and any other is a fatal #BP.
+
+// reapEvery is how often the reaper looks again at slots still in use.
+const reapEvery = time.Millisecond
+
+var (
+	freeSlots []uintptr // free boost slots (offsets in the XOL area), last freed last
+	owner     []int32   // per boost slot: the site whose copy it holds or last held
+	pending   []uintptr // detached slots some thread was inside at the last snapshot
+	slotsOut  int       // slots placed and not freed (held by sites or pending)
+	reapKick  = make(chan struct{}, 1)
+	ripBuf    [sched.MaxThreads + trap.MaxCPUs]uint64
+	inUse     []uint64 // bitmap over boost slots, rebuilt per snapshot
+
+	// ReapRetries counts, per snapshot, every pending slot still in use; Reaped the slots the
+	// reaper freed after waiting; FreedAtOnce the slots no thread was inside at their disable.
+	reapRetries, reaped, freedAtOnce, deferred atomic.Uint64
+)
+
+// initSlots prepares the slot tables and starts the reaper. Init; goroutine code.
+func initSlots() {
+	n := xolSize / slotSize
+	owner = make([]int32, n)
+	for i := range owner {
+		owner[i] = -1
+	}
+	inUse = make([]uint64, (n+63)/64)
+	go reaper()
+}
+
+var errXOLFull = errors.New("XOL area full")
+
+// placeBoost relocates s's instruction into a free slot and makes it s's boosted copy. mu held.
+func placeBoost(id int32, code []byte) error {
+	s := site(id)
+	var off uintptr
+	if k := len(freeSlots); k > 0 {
+		off = freeSlots[k-1]
+		freeSlots = freeSlots[:k-1]
+	} else if xolNext+slotSize <= xolSize {
+		off = xolNext
+		xolNext += slotSize
+	} else {
+		return errXOLFull
+	}
+	to := xolExec + off
+	c, err := fbt.Relocate(code, uint64(s.Addr), uint64(to))
+	if err == nil && len(c.Code) > slotSize {
+		err = errors.New("relocated copy longer than a slot")
+	}
+	if err != nil {
+		freeSlots = append(freeSlots, off) // untouched: still poisoned, or never used
+		return err
+	}
+	w := unsafe.Slice((*byte)(unsafe.Pointer(xolWrite+off)), slotSize)
+	copy(w[copy(w, c.Code):], poison[:])
+	owner[off/slotSize] = id
+	s.boost = to
+	slotsOut++
+	return nil
+}
+
+// poison is what a freed slot holds, and what follows a copy: INT3.
+var poison = func() (p [slotSize]byte) {
+	for i := range p {
+		p[i] = opcodeINT3
+	}
+	return
+}()
+
+// freeSlot poisons a slot and returns it to the free list. mu held.
+func freeSlot(off uintptr) {
+	copy(unsafe.Slice((*byte)(unsafe.Pointer(xolWrite+off)), slotSize), poison[:])
+	freeSlots = append(freeSlots, off)
+	slotsOut--
+}
+
+// release detaches the boost slots of sites ss (just disabled, after the synchronisation that
+// took rips) and frees those no RIP lies in; the rest wait for the reaper. With fbt.reap=0
+// every slot is freed at once. ok false: the synchronisation failed, so the snapshot may lack
+// a thread: every slot waits. mu held.
+func release(ss []*Site, rips []uint64, ok bool) {
+	if cfg.Reap && ok {
+		markInUse(rips)
+	}
+	for _, s := range ss {
+		if s.boost == 0 {
+			continue
+		}
+		off := s.boost - xolExec
+		s.boost = 0
+		switch {
+		case !cfg.Reap:
+			freeSlot(off)
+			freedAtOnce.Add(1)
+		case ok && !slotInUse(off):
+			freeSlot(off)
+			freedAtOnce.Add(1)
+		default:
+			pending = append(pending, off)
+			deferred.Add(1)
+		}
+	}
+	if len(pending) > 0 {
+		select {
+		case reapKick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// markInUse rebuilds the in-use bitmap from a snapshot of RIPs. mu held.
+func markInUse(rips []uint64) {
+	clear(inUse)
+	for _, r := range rips {
+		if r >= uint64(xolExec) && r < uint64(xolExec)+xolSize {
+			k := (uintptr(r) - xolExec) / slotSize
+			inUse[k/64] |= 1 << (k % 64)
+		}
+	}
+}
+
+// slotInUse reports whether the last snapshot had a RIP in the slot at off. mu held.
+func slotInUse(off uintptr) bool {
+	k := off / slotSize
+	return inUse[k/64]&(1<<(k%64)) != 0
+}
+
+// reaper frees pending slots once no thread is inside them. Goroutine code.
+func reaper() {
+	for range reapKick {
+		for {
+			time.Sleep(reapEvery)
+			mu.Lock()
+			if len(pending) > 0 {
+				reapOnce()
+			}
+			left := len(pending)
+			mu.Unlock()
+			if left == 0 {
+				break
+			}
+		}
+	}
+}
+
+// reapOnce takes a snapshot and frees the pending slots no thread is inside. mu held.
+func reapOnce() {
+	n, ok := kernel.SyncThreads(ripBuf[:])
+	if !ok {
+		reapRetries.Add(uint64(len(pending)))
+		return
+	}
+	markInUse(ripBuf[:n])
+	kept := pending[:0]
+	for _, off := range pending {
+		if slotInUse(off) {
+			reapRetries.Add(1)
+			kept = append(kept, off)
+		} else {
+			freeSlot(off)
+			reaped.Add(1)
+		}
+	}
+	pending = kept
+}
+
+// ReapStats are the teardown's slot figures: slots a disable found a thread inside (deferred
+// to the reaper), snapshots that found a pending slot still in use (retries), slots the reaper
+// freed, slots freed at their disable, slots still pending, slots
+// held by sites (enabled ones, or disabled ones planned by EnableSelection and never enabled),
+// and leaked slots: placed, not freed, and neither held nor pending (0 unless the accounting
+// is broken).
+type ReapStats struct {
+	Deferred, Retries, Reaped, FreedAtOnce uint64
+	Pending, Held, Leaked                  int
+}
+
+// Reaping is the teardown's slot figures now. Goroutine code.
+func Reaping() ReapStats {
+	mu.Lock()
+	defer mu.Unlock()
+	held := 0
+	for id := int32(0); id < int32(len(sites))+nOffsets.Load(); id++ {
+		if site(id).boost != 0 {
+			held++
+		}
+	}
+	return ReapStats{Deferred: deferred.Load(), Retries: reapRetries.Load(), Reaped: reaped.Load(), FreedAtOnce: freedAtOnce.Load(),
+		Pending: len(pending), Held: held, Leaked: slotsOut - held - len(pending)}
+}
+
+// freedSlotHit handles a #BP at addr inside a freed boost slot (its first byte is INT3: a copy
+// never starts with one). At the slot's first byte the thread had not begun the copy, and it
+// re-executes the site's original instruction; anywhere else false (a fatal #BP).
+//
+// Trap context, interrupts off.
+func freedSlotHit(f *trap.Frame, c *cpuState, addr uintptr) bool {
+	if addr < xolExec+trap.MaxCPUs*slotSize || addr >= xolExec+xolSize {
+		return false
+	}
+	start := addr &^ (slotSize - 1)
+	if *(*byte)(unsafe.Pointer(start)) != opcodeINT3 {
+		return false // a live copy's guard: not a freed slot
+	}
+	c.UseAfterFree++
+	id := owner[(start-xolExec)/slotSize]
+	if addr != start || id < 0 {
+		return false
+	}
+	f.RIP = uint64(site(id).Addr)
+	return true
+}
