@@ -134,7 +134,7 @@ func action(f *trap.Frame, c *cpuState, s *Site, id int32, cpu int) {
 // Trap context, interrupts off.
 func startStep(f *trap.Frame, c *cpuState, s *Site, id int32, cpu int) {
 	st := s.step
-	w := unsafe.Slice((*byte)(unsafe.Pointer(xolWrite+uintptr(cpu)*slotSize)), slotSize)
+	w := unsafe.Slice((*byte)(unsafe.Pointer(stepWrite(cpu))), slotSize)
 	n := copy(w, st.Code)
 	w[n], w[n+1] = opcodeINT3, opcodeINT3
 	if s.stepRel >= 0 { // rebase the rel32 from CPU 0's slot to this one

@@ -125,6 +125,8 @@ const (
 const (
 	opcodeINT3 = 0xcc
 	slotSize   = 64      // one XOL slot: a copy and its guards
+	stepStride = 4096    // CPU i's step slot is at i*stepStride: a page of its own (see stepExec)
+	stepArea   = trap.MaxCPUs * stepStride
 	xolSize    = 4 << 20 // the XOL area: step slots for every CPU, then boost slots
 	maxOffsets = 1024    // offset sites that can be added after Init
 	ringSize   = 256     // records per CPU
@@ -350,7 +352,7 @@ func doInit(c Config) error {
 		ncpu = 0
 		return errors.New("fbt: cannot map the XOL area")
 	}
-	xolNext = trap.MaxCPUs * slotSize
+	xolNext = stepArea
 	initSlots()
 	prevBP = trap.Register(idt.Breakpoint, onBreakpoint)
 	prevDB = trap.Register(idt.Debug, onDebug)
@@ -652,10 +654,21 @@ func planStep(s *Site, code []byte) (*fbt.Step, error) {
 	return first, nil
 }
 
-// stepExec is CPU cpu's step slot (executable address). Trap context allowed.
+// stepExec is CPU cpu's step slot (executable address). Each step slot has a page to itself,
+// which no other CPU ever writes: with the boosted copies (written and poisoned by whichever
+// CPU enables or disables; freed ones filled with INT3) in the same page, QEMU's TCG ran a
+// CPU's previous step copy instead of the one it had just written — a stepped RET ran as the
+// PUSH stepped before it — in every 2-CPU fbt run (4 of 4); with the pages apart, in none.
+//
+// Trap context allowed.
 //
 //go:nosplit
-func stepExec(cpu int) uintptr { return xolExec + uintptr(cpu)*slotSize }
+func stepExec(cpu int) uintptr { return xolExec + uintptr(cpu)*stepStride }
+
+// stepWrite is the writable alias of CPU cpu's step slot. Trap context allowed.
+//
+//go:nosplit
+func stepWrite(cpu int) uintptr { return xolWrite + uintptr(cpu)*stepStride }
 
 // Enable enables sites ids in mode m and stops at the first site that cannot be probed in m,
 // with the sites before it enabled. Batched (the default), the whole operation costs two

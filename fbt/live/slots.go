@@ -2,6 +2,7 @@ package live
 
 import (
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -102,6 +103,9 @@ var poison = func() (p [slotSize]byte) {
 
 // freeSlot poisons a slot and returns it to the free list. mu held.
 func freeSlot(off uintptr) {
+	if off < stepArea || off >= xolSize || off%slotSize != 0 {
+		panic(fmt.Sprintf("fbt: freeing %#x, not a boost slot", off))
+	}
 	copy(unsafe.Slice((*byte)(unsafe.Pointer(xolWrite+off)), slotSize), poison[:])
 	freeSlots = append(freeSlots, off)
 	slotsOut--
@@ -228,7 +232,7 @@ func Reaping() ReapStats {
 //
 // Trap context, interrupts off.
 func freedSlotHit(f *trap.Frame, c *cpuState, addr uintptr) bool {
-	if addr < xolExec+trap.MaxCPUs*slotSize || addr >= xolExec+xolSize {
+	if addr < xolExec+stepArea || addr >= xolExec+xolSize {
 		return false
 	}
 	start := addr &^ (slotSize - 1)
