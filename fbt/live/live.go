@@ -124,8 +124,8 @@ const (
 
 const (
 	opcodeINT3 = 0xcc
-	slotSize   = 64      // one XOL slot: a copy and its guards
-	stepStride = 4096    // CPU i's step slot is at i*stepStride: a page of its own (see stepExec)
+	slotSize   = 64   // one XOL slot: a copy and its guards
+	stepStride = 4096 // CPU i's step slot is at i*stepStride: a page of its own (see stepExec)
 	stepArea   = trap.MaxCPUs * stepStride
 	xolSize    = 4 << 20 // the XOL area: step slots for every CPU, then boost slots
 	maxOffsets = 1024    // offset sites that can be added after Init
@@ -144,18 +144,20 @@ type Site struct {
 	Kind Kind
 	Off  int32 // offset in the function
 
-	enabled uint32 // atomic; see the protocol
-	planned bool
-	noBoost bool // the instruction cannot be relocated: no boosted copy, ever
-	how     uint8
-	orig    byte
-	copyin  bool // the action copies a string from the first argument (RAX)
-	leaves  bool // a step of this instruction continues outside the slot (ret, indirect jmp/call)
-	emu     *fbt.Emu
-	boost   uintptr // exec address of the boosted copy; 0: none
-	step    *fbt.Step
-	stepRel int8 // offset of the rel32 in step.Code to rebase per CPU slot; -1: none
-	why     string
+	enabled  uint32 // atomic; see the protocol
+	planned  bool
+	noBoost  bool    // the instruction cannot be relocated: no boosted copy, ever
+	lastSlot uintptr // the XOL offset of its last boosted copy, which copy holds
+	copy     []byte
+	how      uint8
+	orig     byte
+	copyin   bool // the action copies a string from the first argument (RAX)
+	leaves   bool // a step of this instruction continues outside the slot (ret, indirect jmp/call)
+	emu      *fbt.Emu
+	boost    uintptr // exec address of the boosted copy; 0: none
+	step     *fbt.Step
+	stepRel  int8 // offset of the rel32 in step.Code to rebase per CPU slot; -1: none
+	why      string
 }
 
 // Name is "func", "func:return@+off" or "func+off".

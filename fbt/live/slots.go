@@ -37,7 +37,8 @@ import (
 const reapEvery = time.Millisecond
 
 var (
-	freeSlots []uintptr // free boost slots (offsets in the XOL area), last freed last
+	freeSlots []uintptr // free boost slots (offsets in the XOL area), last freed last; stale entries skipped
+	slotFree  []bool    // per boost slot: on the free list
 	owner     []int32   // per boost slot: the site whose copy it holds or last held
 	pending   []uintptr // detached slots some thread was inside at the last snapshot
 	slotsOut  int       // slots placed and not freed (held by sites or pending)
@@ -54,6 +55,7 @@ var (
 func initSlots() {
 	n := xolSize / slotSize
 	owner = make([]int32, n)
+	slotFree = make([]bool, n)
 	for i := range owner {
 		owner[i] = -1
 	}
@@ -63,17 +65,22 @@ func initSlots() {
 
 var errXOLFull = errors.New("XOL area full")
 
-// placeBoost relocates s's instruction into a free slot and makes it s's boosted copy. mu held.
+// placeBoost makes a boosted copy of site id's instruction in a free slot. The site's last
+// slot is taken back when it is still free and no other site has had it since (a disable and
+// an enable of the same sites, the torture's loop): its copy, kept, is written again as it
+// was, without relocating. Otherwise the instruction is relocated into the slot freed last.
+// mu held.
 func placeBoost(id int32, code []byte) error {
 	s := site(id)
-	var off uintptr
-	if k := len(freeSlots); k > 0 {
-		off = freeSlots[k-1]
-		freeSlots = freeSlots[:k-1]
-	} else if xolNext+slotSize <= xolSize {
-		off = xolNext
-		xolNext += slotSize
-	} else {
+	if k := s.lastSlot / slotSize; s.copy != nil && slotFree[k] && owner[k] == id {
+		slotFree[k] = false // its stale free-list entry is skipped when popped
+		writeSlot(s.lastSlot, s.copy)
+		s.boost = xolExec + s.lastSlot
+		slotsOut++
+		return nil
+	}
+	off, ok := takeSlot()
+	if !ok {
 		return errXOLFull
 	}
 	to := xolExec + off
@@ -82,15 +89,39 @@ func placeBoost(id int32, code []byte) error {
 		err = errors.New("relocated copy longer than a slot")
 	}
 	if err != nil {
-		freeSlots = append(freeSlots, off) // untouched: still poisoned, or never used
+		slotFree[off/slotSize] = true // untouched: still poisoned, or never used
+		freeSlots = append(freeSlots, off)
 		return err
 	}
-	w := unsafe.Slice((*byte)(unsafe.Pointer(xolWrite+off)), slotSize)
-	copy(w[copy(w, c.Code):], poison[:])
+	writeSlot(off, c.Code)
 	owner[off/slotSize] = id
-	s.boost = to
+	s.boost, s.lastSlot, s.copy = to, off, c.Code
 	slotsOut++
 	return nil
+}
+
+// takeSlot takes the slot freed last, or a new one. mu held.
+func takeSlot() (uintptr, bool) {
+	for k := len(freeSlots); k > 0; k = len(freeSlots) {
+		off := freeSlots[k-1]
+		freeSlots = freeSlots[:k-1]
+		if slotFree[off/slotSize] {
+			slotFree[off/slotSize] = false
+			return off, true
+		}
+	}
+	if xolNext+slotSize > xolSize {
+		return 0, false
+	}
+	xolNext += slotSize
+	return xolNext - slotSize, true
+}
+
+// writeSlot writes code into the slot at off through the XOL area's alias, INT3 after it.
+// mu held.
+func writeSlot(off uintptr, code []byte) {
+	w := unsafe.Slice((*byte)(unsafe.Pointer(xolWrite+off)), slotSize)
+	copy(w[copy(w, code):], poison[:])
 }
 
 // poison is what a freed slot holds, and what follows a copy: INT3.
@@ -106,9 +137,19 @@ func freeSlot(off uintptr) {
 	if off < stepArea || off >= xolSize || off%slotSize != 0 {
 		panic(fmt.Sprintf("fbt: freeing %#x, not a boost slot", off))
 	}
-	copy(unsafe.Slice((*byte)(unsafe.Pointer(xolWrite+off)), slotSize), poison[:])
+	writeSlot(off, nil)
+	slotFree[off/slotSize] = true
 	freeSlots = append(freeSlots, off)
 	slotsOut--
+	if len(freeSlots) > 2*(int((xolNext-stepArea)/slotSize)-slotsOut)+1024 { // mostly stale: compact
+		kept := freeSlots[:0]
+		for _, o := range freeSlots {
+			if slotFree[o/slotSize] {
+				kept = append(kept, o)
+			}
+		}
+		freeSlots = kept
+	}
 }
 
 // release detaches the boost slots of sites ss (just disabled, after the synchronisation that
