@@ -30,15 +30,15 @@
 // which is still correct — or INT3, which the handler finds enabled with its plan ready.
 // After a batch, every CPU serialises (kernel.SyncCPUs) before Enable returns.
 //
-// Disabling: the original byte is stored back, every CPU serialises (after which no CPU can
-// fetch the INT3, and none is still inside a handler that began before: handlers run with
-// interrupts off and the serialising call waits for them), and only then is the site marked
-// disabled. A #BP that was raised by the INT3 but whose handler finds the site disabled (the
-// handler ran after the serialisation, possible when #BP is a trap gate) sees the original
-// byte back and re-executes it: RIP = the site.
+// Disabling: the original byte is stored back and the site marked disabled, then every CPU
+// serialises (after which no CPU can fetch the INT3, and none is still inside a handler that
+// began before: handlers run with interrupts off and the serialising call waits for them). A
+// #BP raised by the INT3 whose handler finds the site disabled sees the original byte back and
+// re-executes it: RIP = the site.
 //
-// Plans and XOL slots are kept for the kernel's lifetime: re-enabling reuses them, and no CPU
-// can ever run a slot that was reused for something else.
+// Plans (emulation, step copy) are kept for the kernel's lifetime. A boosted copy's XOL slot is
+// not: the disable's serialisation also snapshots every thread's RIP (kernel.SyncThreads), and
+// the slot is freed at once when no thread is inside it, or later by the reaper (slots.go).
 //
 // # The #BP path
 //
