@@ -39,13 +39,21 @@ func fbtBoot(t *testing.T, cpus int, words string) *qemu.Result {
 func TestFBTSuiteInQEMU(t *testing.T) {
 	for _, cpus := range []int{1, 4} {
 		t.Run(strconv.Itoa(cpus)+"cpus", func(t *testing.T) {
-			s := fbtBoot(t, cpus, "")
+			words := ""
+			if cpus == 1 {
+				words = "fbt.bufrecs=64" // buffers that fill: drops happen, and are counted
+			}
+			s := fbtBoot(t, cpus, words)
 			reap := s.Find("reap_preempted_in_copy")
 			assert.GreaterOrEqual(t, diagFloat(t, reap, "deferred_to_reaper"), 1.0)
 			assert.Zero(t, diagFloat(t, reap, "use_after_free"))
 			all := s.Find("all_probes_under_load")
 			assert.Greater(t, diagFloat(t, all, "sites_enabled"), 1000.0)
 			assert.Greater(t, diagFloat(t, all, "hits"), 10000.0)
+			assert.Greater(t, diagFloat(t, all, "records_consumed"), 10000.0)
+			if cpus == 1 {
+				assert.Greater(t, diagFloat(t, all, "records_dropped"), 0.0)
+			}
 		})
 	}
 }
@@ -144,6 +152,18 @@ func TestFBTReapMutationFails(t *testing.T) {
 	assert.Zero(t, diagFloat(t, c, "deferred_to_reaper"))
 }
 
+// The double buffers' check can fail: with fbt.bufwrap=1 a full buffer overwrites its oldest
+// record without counting a drop, and the sequence numbers expose it.
+func TestFBTBufferWrapMutationFails(t *testing.T) {
+	rep := boot(t, qemu.Config{SMP: 1, Append: "suite=fbt fbt_seconds=1 fbt.bufrecs=64 fbt.bufwrap=1", Timeout: 5 * time.Minute})
+	require.Equal(t, qemu.Fail, rep.Outcome, "tail:\n%s", strings.Join(rep.Tail, "\n"))
+	c := rep.Results[0].Find("all_probes_under_load")
+	require.NotNil(t, c)
+	assert.False(t, c.OK)
+	assert.Zero(t, diagFloat(t, c, "records_dropped"))
+	assert.Contains(t, strings.Join(rep.Tail, "\n"), "double buffers: cpu 0:")
+}
+
 // Enable every site (entries, returns and offsets: over 30,000), load every CPU with GC,
 // goroutines and cross-CPU calls, disable all, and again, for 10 s at 4 CPUs: text restored,
 // hits consistent, nothing crashed. make torture runs it for a minute.
@@ -156,5 +176,6 @@ func TestFBTTorture(t *testing.T) {
 	assert.Greater(t, diagFloat(t, c, "hits"), 0.0)
 	assert.Zero(t, diagFloat(t, c, "use_after_free"))
 	assert.Zero(t, diagFloat(t, c, "slots_leaked"))
+	assert.Greater(t, diagFloat(t, c, "records_consumed"), 0.0)
 	t.Logf("%v", c.Diags)
 }

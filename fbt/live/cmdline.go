@@ -37,6 +37,12 @@ func ConfigFrom(params map[string]string) (Config, error) {
 	c.Guard = !zero("fbt.guard")
 	c.Batch = !zero("fbt.batch")
 	c.Reap = !zero("fbt.reap")
+	c.BufRecs = bufRecs
+	if v, ok := params["fbt.bufrecs"]; ok {
+		n, _ := strconv.ParseUint(v, 10, 32)
+		c.BufRecs = int(n)
+	}
+	c.BufWrap = params["fbt.bufwrap"] != "" && !zero("fbt.bufwrap")
 	if v, ok := params["fbt.sites"]; ok {
 		n, _ := strconv.ParseUint(v, 10, 32)
 		c.Sites = int(n)

@@ -105,15 +105,17 @@ func breakpoint(f *trap.Frame) bool {
 	return true
 }
 
-// action is the probe's work: a record in this CPU's ring and, when asked, a string copied
+// action is the probe's work: a record in this CPU's ring (the newest few, for tests) and in
+// its active double buffer (for the consumer, buffers.go) and, when asked, a string copied
 // from the first argument.
 //
 // Trap context, interrupts off.
 func action(f *trap.Frame, c *cpuState, s *Site, id int32, cpu int) {
 	c.Actions++
-	c.ring[c.ringHead%ringSize] = Record{Site: id, CPU: int32(cpu), TSC: amd64.RDTSC(),
-		RAX: f.RAX, RBX: f.RBX, RCX: f.RCX, RDI: f.RDI}
+	r := Record{Site: id, CPU: int32(cpu), TSC: amd64.RDTSC(), RAX: f.RAX, RBX: f.RBX, RCX: f.RCX, RDI: f.RDI}
+	c.ring[c.ringHead%ringSize] = r
 	c.ringHead++
+	offer(cpu, r)
 	if s.copyin {
 		n, flt := trap.CopyInString(c.str[:], uintptr(f.RAX))
 		c.strLen = n

@@ -174,6 +174,7 @@ func (s *Site) Name() string {
 
 // Record is what an action logs, per CPU, in a ring.
 type Record struct {
+	Seq                uint64 // the CPU's sequence number (double buffers only)
 	Site               int32
 	CPU                int32
 	TSC                uint64
@@ -213,14 +214,16 @@ type funcInfo struct {
 
 // Config is what the command line chooses.
 type Config struct {
-	Mode   Mode
-	Near   bool   // fbt.xol=near: the XOL area within rel32 reach of the text
-	Unsafe bool   // fbt.safe=0: actions run even when the interrupted code had IF=0
-	DropDB uint64 // fbt.drop_db=N: every Nth step runs without TF
-	Guard  bool   // false (fbt.guard=0): toxic functions may be probed (a mutation)
-	Sites  int    // fbt.sites=N: offset sites are added until the table holds N sites
-	Batch  bool   // false (fbt.batch=0): enable and disable one probe at a time, 3 syncs each
-	Reap   bool   // false (fbt.reap=0): free a disabled probe's slot at once (a mutation)
+	Mode    Mode
+	Near    bool   // fbt.xol=near: the XOL area within rel32 reach of the text
+	Unsafe  bool   // fbt.safe=0: actions run even when the interrupted code had IF=0
+	DropDB  uint64 // fbt.drop_db=N: every Nth step runs without TF
+	Guard   bool   // false (fbt.guard=0): toxic functions may be probed (a mutation)
+	Sites   int    // fbt.sites=N: offset sites are added until the table holds N sites
+	Batch   bool   // false (fbt.batch=0): enable and disable one probe at a time, 3 syncs each
+	Reap    bool   // false (fbt.reap=0): free a disabled probe's slot at once (a mutation)
+	BufRecs int    // fbt.bufrecs=N: records per CPU in each double buffer
+	BufWrap bool   // fbt.bufwrap=1: a full buffer overwrites silently (a mutation)
 }
 
 var (
@@ -345,6 +348,7 @@ func doInit(c Config) error {
 	for i := 0; i < ncpu; i++ {
 		counts[i] = make([]uint64, len(sites)+maxOffsets)
 	}
+	initBufs()
 	xolExec = kernel.XOLFar
 	if cfg.Near {
 		xolExec = kernel.XOLNear
@@ -371,6 +375,8 @@ func doInit(c Config) error {
 var toxicRoots = []string{
 	"tracebed/kernel.*", "tracebed/kernel/sched.*", "tracebed/kernel/linux.*",
 	"tracebed/fbt/live.onBreakpoint", "tracebed/fbt/live.onDebug",
+	// Cross-CPU calls (xcall.Register): run in trap context, through xcall's table.
+	"tracebed/fbt/live.swapBufs", "tracebed/kernel/suites.xc*Fn",
 	// Trap handlers the suites register (trap.Register): called through trap's table.
 	"tracebed/kernel/suites.on*BP", "tracebed/kernel/suites.on*NMI", "tracebed/kernel/suites.onDebug",
 	"tracebed/kernel/suites.onBreakpoint", "tracebed/kernel/suites.onFault", "tracebed/kernel/suites.onUD",

@@ -776,6 +776,9 @@ func fbtAll(t *ktest.T) {
 	bad := make([]string, n)
 	deadline := time.Now().Add(time.Duration(secs) * time.Second)
 	rounds := make([]int, n)
+	b0, _ := live.CheckBuffers()
+	stop := make(chan struct{})
+	consumed := fbtConsumer(stop)
 	onCPUs(0, n, func(cpu int, pinned bool) {
 		for time.Now().Before(deadline) {
 			if err := fbtWorkload(cpu, rounds[cpu]); err != "" {
@@ -790,6 +793,8 @@ func fbtAll(t *ktest.T) {
 		t.Errorf("%v", err)
 	}
 	t.Diag("disable_ms", time.Since(t1).Milliseconds())
+	close(stop)
+	fbtBuffersChecked(t, b0, <-consumed)
 	st := live.TotalStats()
 	t.Diag("hits", st.Hits-st0.Hits)
 	t.Diag("actions", st.Actions-st0.Actions)
@@ -976,6 +981,48 @@ func fbtScale(t *ktest.T) {
 	}
 }
 
+// fbtConsumer drains the per-CPU double buffers every 10 ms until stop is closed, counting
+// records per site; the returned channel yields the counts once it has stopped.
+func fbtConsumer(stop <-chan struct{}) <-chan map[int32]uint64 {
+	out := make(chan map[int32]uint64, 1)
+	go func() {
+		counts := map[int32]uint64{}
+		add := func(cpu int, recs []live.Record) {
+			for i := range recs {
+				counts[recs[i].Site]++
+			}
+		}
+		for {
+			select {
+			case <-stop:
+				live.Drain(add)
+				out <- counts
+				return
+			case <-time.After(10 * time.Millisecond):
+				live.Drain(add)
+			}
+		}
+	}()
+	return out
+}
+
+// fbtBuffersChecked checks the double buffers once every probe is disabled and prints their
+// figures: records consumed, dropped (and the drop rate), and the top functions by records.
+func fbtBuffersChecked(t *ktest.T, b0 live.BufStats, counts map[int32]uint64) {
+	b, bad := live.CheckBuffers()
+	if bad != "" {
+		t.Errorf("double buffers: %s", bad)
+	}
+	offered := b.Offered - b0.Offered
+	t.Diag("records_offered", offered)
+	t.Diag("records_consumed", b.Consumed-b0.Consumed)
+	t.Diag("records_dropped", b.Drops-b0.Drops)
+	if offered > 0 {
+		t.Diag("drop_rate", fmt.Sprintf("%.4f", float64(b.Drops-b0.Drops)/float64(offered)))
+	}
+	t.Diag("top_functions", strings.Join(live.TopFuncs(counts, 5), ","))
+}
+
 // fbtReapSettled waits (up to 2 s) for the reaper to free what it holds, prints the teardown's
 // slot figures since r0 (and u0 uses after free), fails on a slot still pending or leaked,
 // and returns the uses after free.
@@ -1012,6 +1059,8 @@ func fbtTorture(t *ktest.T) {
 	ids := fbtScaleIDs(t, 1<<30)
 	n := kernel.OnlineCPUs()
 	r0, u0 := live.Reaping(), live.TotalStats().UseAfterFree
+	b0, _ := live.CheckBuffers()
+	all := map[int32]uint64{}
 	var loaded time.Duration
 	var loadHits uint64
 	deadline := time.Now().Add(time.Duration(secs) * time.Second)
@@ -1025,6 +1074,8 @@ func fbtTorture(t *ktest.T) {
 		bad := make([]string, n)
 		l0, h0 := time.Now(), live.TotalStats().Hits
 		until := l0.Add(time.Second)
+		stop := make(chan struct{})
+		consumed := fbtConsumer(stop)
 		onCPUs(0, n, func(cpu int, pinned bool) {
 			for r := 0; time.Now().Before(until); r++ {
 				if e := fbtWorkload(cpu, r); e != "" {
@@ -1045,6 +1096,10 @@ func fbtTorture(t *ktest.T) {
 		}
 		disableMs += time.Since(t0).Milliseconds()
 		enableMs += de.Milliseconds()
+		close(stop)
+		for id, c := range <-consumed {
+			all[id] += c
+		}
 		st := live.TotalStats()
 		for c, b := range bad {
 			if b != "" {
@@ -1070,6 +1125,7 @@ func fbtTorture(t *ktest.T) {
 	t.Diag("enable_ms_per_loop", enableMs/int64(loops))
 	t.Diag("disable_ms_per_loop", disableMs/int64(loops))
 	t.Diag("fires_per_second_under_load", fmt.Sprintf("%.0f", float64(loadHits)/loaded.Seconds()))
+	fbtBuffersChecked(t, b0, all)
 	if uaf := fbtReapSettled(t, r0, u0); uaf != 0 {
 		t.Errorf("%d use(s) of a freed XOL slot", uaf)
 	}
