@@ -1017,6 +1017,7 @@ func fbtBuffersChecked(t *ktest.T, b0 live.BufStats, counts map[int32]uint64) {
 	t.Diag("records_offered", offered)
 	t.Diag("records_consumed", b.Consumed-b0.Consumed)
 	t.Diag("records_dropped", b.Drops-b0.Drops)
+	t.Diag("records_missing", b.Missing-b0.Missing) // sequence numbers never seen: must be the drops
 	if offered > 0 {
 		t.Diag("drop_rate", fmt.Sprintf("%.4f", float64(b.Drops-b0.Drops)/float64(offered)))
 	}
