@@ -198,6 +198,10 @@ type VCPUState struct {
 	IF       bool     `json:"if"`
 	Function string   `json:"function"` // RIP's function, or "?"
 	Stack    []string `json:"stack"`    // "pc function", innermost first
+	// Code is the instruction bytes where the vCPU is, in hex: at RIP, and where a trap entry
+	// stub was entered from (the byte before the return address at [RSP], which is an INT3's
+	// when a CPU loops on a breakpoint that is never removed).
+	Code []string `json:"code,omitempty"`
 }
 
 // Lines is the diagnosis for a person.
@@ -207,6 +211,9 @@ func (d *Diagnosis) Lines() []string {
 		l = append(l, fmt.Sprintf("vcpu %d (thread %d): RIP %#x RSP %#x RFLAGS %#x IF %v halted %v in %s",
 			c.Index, c.ThreadID, c.RIP, c.RSP, c.RFLAGS, b01(c.IF), b01(c.Halted), c.Function))
 		l = append(l, fmt.Sprintf("vcpu %d stack: %s", c.Index, strings.Join(c.Stack, " <- ")))
+		if len(c.Code) > 0 {
+			l = append(l, fmt.Sprintf("vcpu %d code: %s", c.Index, strings.Join(c.Code, "; ")))
+		}
 	}
 	for _, e := range d.Errors {
 		l = append(l, "diagnosis error: "+e)
@@ -287,6 +294,22 @@ func readWords(q *QMP, cpu int, addr uint64, n int) ([]uint64, error) {
 	return words[:n], nil
 }
 
+// codeAt is "ADDR: b0 b1 ..." for the 16 bytes of guest memory at addr, as vCPU cpu sees them.
+func codeAt(q *QMP, cpu int, addr uint64) string {
+	w, err := readWords(q, cpu, addr, 2)
+	if err != nil {
+		return fmt.Sprintf("%#x: unreadable", addr)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%#x:", addr)
+	for _, x := range w {
+		for i := 0; i < 8; i++ {
+			fmt.Fprintf(&b, " %02x", byte(x>>(8*i)))
+		}
+	}
+	return b.String()
+}
+
 // maxFrames bounds a stack walk.
 const maxFrames = 32
 
@@ -347,9 +370,11 @@ func DiagnoseCPUs(q *QMP, kernel string, d *Diagnosis) {
 		s.Stack = []string{fmt.Sprintf("%#x %s", s.RIP, s.Function)}
 		// A frameless leaf (an assembly helper such as a PAUSE loop) has its caller's return
 		// address at [RSP], which the frame-pointer chain skips.
+		s.Code = append(s.Code, codeAt(q, c.Index, s.RIP))
 		if w, err := readWords(q, c.Index, s.RSP, 1); err == nil && w[0] != 0 {
 			if f := name(w[0] - 1); f != "?" && f != s.Function {
 				s.Stack = append(s.Stack, fmt.Sprintf("%#x %s [rsp]", w[0], f))
+				s.Code = append(s.Code, codeAt(q, c.Index, w[0]-1))
 			}
 		}
 		fp := s.RBP
