@@ -68,6 +68,7 @@ func kmain(startInfo uintptr) {
 	setupIDT()
 	loadIDT(c)
 	initMemory()
+	initRefetch()
 	if n, ok := cmdlineInt("wx"); !ok || n != 0 {
 		protectKernel()
 	}

@@ -4,6 +4,7 @@ import (
 	"unsafe"
 
 	"tracebed/amd64"
+	"tracebed/kernel/ktest"
 	"tracebed/xcall"
 )
 
@@ -15,6 +16,9 @@ import (
 // is never mapped (the traps suite reads there to fault).
 const (
 	pokeAlias = 0xffff_d000_0000_0000 // one page: the text page being patched, writable, NX
+	// refetchAlias is MaxCPUs pages after pokeAlias, in the same page table: CPU i's own alias
+	// for RefetchText at refetchAlias + i pages.
+	refetchAlias = pokeAlias + pageSize
 	// XOLFar is at least 4 GiB from the text (which lies in the low 4 GiB): every RIP-relative
 	// operand and branch of a copy there takes the relocator's far path.
 	XOLFar      = 0xffff_f000_0000_0000
@@ -52,6 +56,53 @@ func pokeText(addr uintptr, b byte) bool {
 	}
 	vmLock.unlock()
 	return ok
+}
+
+// refetchPTE is each CPU's page-table entry for its refetch alias (made by initRefetch).
+var refetchPTE [MaxCPUs]uintptr
+
+// initRefetch makes the page tables of every CPU's refetch alias, so that RefetchText only
+// writes its own entry. Boot, before any AP runs.
+func initRefetch() {
+	for i := range refetchPTE {
+		e, r := kpt.entry(refetchAlias+uint64(i)*pageSize, true)
+		if r != ptOK || e == nil {
+			var k kbuf
+			k.s("tracebed: fatal: no page table for the refetch alias (").dec(int64(r)).s(")").out()
+			debugExit(ktest.ExitFatal)
+		}
+		refetchPTE[i] = uintptr(unsafe.Pointer(e))
+	}
+}
+
+// RefetchText stores the byte at addr, a byte of kernel text, again as it already is, through
+// this CPU's own alias of its page. On hardware that changes nothing. Under QEMU's TCG it makes
+// every vCPU drop its translations of that byte: a vCPU that translated an INT3 while another
+// vCPU was restoring the original byte can link the translation to its page after the
+// restore's invalidation went by, and then run that INT3 for good while memory holds the
+// original (a disabled probe's site, re-executed by the #BP handler, trapped again on every
+// try: CI's hang in the fbt scale case, one vCPU per run looping at a runtime function's
+// entry with the right byte in memory). false when addr is not kernel text.
+//
+// Trap context allowed, interrupts off. No lock: the alias is this CPU's alone (no other CPU
+// ever uses its address, so none caches its translation); the caller makes sure that no other
+// CPU stores to addr meanwhile.
+func RefetchText(addr uintptr) bool {
+	if addr < kernelStart() || addr >= kernelTextEnd() {
+		return false
+	}
+	id := thisCPU().id
+	e := (*uint64)(unsafe.Pointer(refetchPTE[id]))
+	if e == nil {
+		return false
+	}
+	va := refetchAlias + uint64(id)*pageSize
+	*e = uint64(addr)&^(pageSize-1) | pteWrite | pteNX | ptePresent
+	invlpg(va)
+	*(*byte)(unsafe.Pointer(uintptr(va + uint64(addr)%pageSize))) = *(*byte)(unsafe.Pointer(addr))
+	*e = 0
+	invlpg(va)
+	return true
 }
 
 // MapXOL maps size bytes of fresh zeroed memory twice: at exec read-only and executable, and at

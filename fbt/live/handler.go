@@ -45,9 +45,9 @@ func breakpoint(f *trap.Frame) bool {
 		// enabled again right now (its INT3 written after its flag, which this CPU will see
 		// next time): either way re-executing at the site is right.
 		c.Raced++
-		f.RIP = uint64(addr)
-		return true
+		return raced(f, c, s, addr)
 	}
+	c.racedAt = 0
 	atomic.AddUint64(&counts[cpu][id], 1)
 	c.Hits++
 	switch {
@@ -102,6 +102,41 @@ func breakpoint(f *trap.Frame) bool {
 	default:
 		return false // no way planned: reported as a fatal #BP rather than run from mid-instruction
 	}
+	return true
+}
+
+// staleLimit is how many times in a row a CPU may take a disabled site's INT3 again, its byte
+// stored anew each time, before the #BP is reported as fatal rather than left to loop.
+const staleLimit = 1000
+
+// raced re-executes the instruction at addr, a site found disabled. Memory holds the original
+// byte again (a site is marked disabled only after it is back), and the byte is stored again
+// before the re-execution: QEMU's TCG can keep a translation of the INT3 for good after the
+// restore (kernel.RefetchText), and did, in CI and here — a vCPU re-executing the site trapped
+// again on every try, or, with two such sites in one translation, took them in turn on every
+// call — and the store drops it. (On hardware the store changes nothing, and raced hits are
+// rare: the INT3 must have been fetched before the restore.) A hit is counted stale when the
+// INT3 was certainly fetched after the restore: this CPU has just re-executed the site (the
+// IRET serialises), or the disable that restored it has completed its synchronisation. A site
+// whose INT3 keeps coming back in a row is a fatal #BP, never a silent livelock. No other CPU
+// stores to the byte meanwhile: an enable marks the site before it synchronises and only then
+// writes the INT3, and the synchronisation waits for this handler (interrupts off).
+//
+// Trap context, interrupts off.
+func raced(f *trap.Frame, c *cpuState, s *Site, addr uintptr) bool {
+	again := c.racedAt == addr // re-executed after an IRET, which serialises: a stale fetch
+	if !again {
+		c.racedAt, c.racedRun = addr, 0
+	} else if c.racedRun++; c.racedRun > staleLimit {
+		return false
+	}
+	if *(*byte)(unsafe.Pointer(addr)) != opcodeINT3 {
+		if again || atomic.LoadUint64(&s.offGen) <= disablesDone.Load() {
+			c.StaleINT3++
+		}
+		kernel.RefetchText(addr)
+	}
+	f.RIP = uint64(addr)
 	return true
 }
 

@@ -145,6 +145,7 @@ type Site struct {
 	Off  int32 // offset in the function
 
 	enabled  uint32 // atomic; see the protocol
+	offGen   uint64 // atomic: the disable that last restored its byte (disableGen)
 	planned  bool
 	noBoost  bool    // the instruction cannot be relocated: no boosted copy, ever
 	lastSlot uintptr // the XOL offset of its last boosted copy, which copy holds
@@ -185,6 +186,9 @@ type Record struct {
 type CPUStats struct {
 	Hits, Actions, SafeSkipped, NestedDropped, Emulated, EmuFallback, Boosted, Steps,
 	MissedDB, Raced, PassedBP, PassedDB, CopyOK, CopyFault, UseAfterFree uint64
+	// StaleINT3 counts a disabled site's INT3 taken again right after its re-execution (a
+	// stale instruction fetch: handler.go's raced).
+	StaleINT3 uint64
 }
 
 type cpuState struct {
@@ -192,6 +196,8 @@ type cpuState struct {
 	inAction      uint32
 	stepping      uint32
 	stepSite      int32
+	racedAt       uintptr // the site of this CPU's last raced hit, 0 after any other hit
+	racedRun      uint64  // its repeats in a row
 	savedFlags    uint64 // IF and TF of the stepped frame
 	scratchOld    uint64
 	drop          uint64 // steps begun, for fbt.drop_db
@@ -249,6 +255,10 @@ var (
 	nEntryReturn int
 	offsetIDs    []int32
 	syncs        atomic.Uint64 // all-CPU synchronisations made
+	// disableGen numbers disables (mu held); disablesDone is the last whose synchronisation
+	// has completed: every CPU has serialised since that disable restored its sites' bytes.
+	disableGen   uint64
+	disablesDone atomic.Uint64
 
 	graph   *callgraph.Graph
 	parents map[int]int // the call-graph walk: how each toxic function was reached
@@ -772,10 +782,12 @@ func Disable(ids []int32) error {
 // synchronisation does (handlers run with interrupts off). mu held.
 func disable(ids []int32, nsync int) error {
 	var off []*Site
+	disableGen++
 	for _, id := range ids {
 		s := site(id)
 		if atomic.LoadUint32(&s.enabled) != 0 {
 			kernel.PokeText(s.Addr, s.orig) // it was patched: it is text
+			atomic.StoreUint64(&s.offGen, disableGen)
 			atomic.StoreUint32(&s.enabled, 0)
 			off = append(off, s)
 		}
@@ -789,6 +801,9 @@ func disable(ids []int32, nsync int) error {
 	}
 	syncs.Add(1)
 	n, synced := kernel.SyncThreads(ripBuf[:])
+	if ok && synced {
+		disablesDone.Store(disableGen)
+	}
 	release(off, ripBuf[:n], synced && ok)
 	if !ok || !synced {
 		return errors.New("fbt: a CPU did not serialise; its slots wait for the reaper")
@@ -845,6 +860,7 @@ func TotalStats() CPUStats {
 		t.CopyOK += s.CopyOK
 		t.CopyFault += s.CopyFault
 		t.UseAfterFree += s.UseAfterFree
+		t.StaleINT3 += s.StaleINT3
 	}
 	return t
 }
