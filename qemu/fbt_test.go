@@ -50,9 +50,16 @@ func TestFBTSuiteInQEMU(t *testing.T) {
 			all := s.Find("all_probes_under_load")
 			assert.Greater(t, diagFloat(t, all, "sites_enabled"), 1000.0)
 			assert.Greater(t, diagFloat(t, all, "hits"), 10000.0)
-			assert.Greater(t, diagFloat(t, all, "records_consumed"), 10000.0)
+			// The consumer's rate depends on the host (CI read 7,429 records in 4 s at 1 CPU
+			// with 64-record buffers); the accounting does not: every record offered was
+			// consumed or dropped, and the sequence numbers never seen are the drops.
+			offered, consumed := diagFloat(t, all, "records_offered"), diagFloat(t, all, "records_consumed")
+			dropped := diagFloat(t, all, "records_dropped")
+			assert.Greater(t, consumed, 0.0)
+			assert.Equal(t, offered, consumed+dropped, "records offered = consumed + dropped")
+			assert.Equal(t, dropped, diagFloat(t, all, "records_missing"), "sequence numbers missing = drops")
 			if cpus == 1 {
-				assert.Greater(t, diagFloat(t, all, "records_dropped"), 0.0)
+				assert.Greater(t, dropped, 0.0)
 			}
 		})
 	}

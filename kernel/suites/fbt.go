@@ -47,6 +47,7 @@ var FBT = ktest.Suite{Name: "fbt", Cases: []ktest.Case{
 	{Name: "all_probes_under_load", Run: fbtAll},
 	{Name: "scale_batched_vs_per_probe", Run: fbtScale},
 	{Name: "reap_preempted_in_copy", Run: fbtReap},
+	{Name: "teardown_while_running", Run: fbtTeardown},
 }}
 
 // FBTReap is the reaper's case alone: the fbt.reap=0 mutation boots it to see it fail.
@@ -759,6 +760,7 @@ func fbtAll(t *ktest.T) {
 		before[c] = live.Stats(c).Hits
 	}
 	st0 := live.TotalStats()
+	b0, _ := live.CheckBuffers() // before the enable: no record offered while it drains
 	t0 := time.Now()
 	ways, err := live.EnableSelection(sel, m)
 	if err != nil {
@@ -776,7 +778,6 @@ func fbtAll(t *ktest.T) {
 	bad := make([]string, n)
 	deadline := time.Now().Add(time.Duration(secs) * time.Second)
 	rounds := make([]int, n)
-	b0, _ := live.CheckBuffers()
 	stop := make(chan struct{})
 	consumed := fbtConsumer(stop)
 	onCPUs(0, n, func(cpu int, pinned bool) {
@@ -808,6 +809,7 @@ func fbtAll(t *ktest.T) {
 	t.Diag("boosted", st.Boosted-st0.Boosted)
 	t.Diag("steps", st.Steps-st0.Steps)
 	t.Diag("raced", st.Raced-st0.Raced)
+	t.Diag("stale_int3", st.StaleINT3-st0.StaleINT3)
 	t.Diag("rounds", fmt.Sprint(rounds))
 	t.Diag("workload_if_off", fbtIFOff.Load())
 	for c := 0; c < n; c++ {
@@ -935,6 +937,12 @@ func fbtScale(t *ktest.T) {
 		return
 	}
 	var batched10k, perProbe10k time.Duration
+	st0 := live.TotalStats()
+	defer func() {
+		st := live.TotalStats()
+		t.Diag("raced", st.Raced-st0.Raced)
+		t.Diag("stale_int3", st.StaleINT3-st0.StaleINT3) // disabled INT3s fetched again: kernel.RefetchText
+	}()
 	for _, n := range []int{1000, 10000, 30000} {
 		ids := fbtScaleIDs(t, n)
 		if len(ids) < n {
@@ -1061,6 +1069,7 @@ func fbtTorture(t *ktest.T) {
 	n := kernel.OnlineCPUs()
 	r0, u0 := live.Reaping(), live.TotalStats().UseAfterFree
 	b0, _ := live.CheckBuffers()
+	stT0 := live.TotalStats()
 	all := map[int32]uint64{}
 	var loaded time.Duration
 	var loadHits uint64
@@ -1126,6 +1135,9 @@ func fbtTorture(t *ktest.T) {
 	t.Diag("enable_ms_per_loop", enableMs/int64(loops))
 	t.Diag("disable_ms_per_loop", disableMs/int64(loops))
 	t.Diag("fires_per_second_under_load", fmt.Sprintf("%.0f", float64(loadHits)/loaded.Seconds()))
+	stT := live.TotalStats()
+	t.Diag("raced", stT.Raced-stT0.Raced)
+	t.Diag("stale_int3", stT.StaleINT3-stT0.StaleINT3)
 	fbtBuffersChecked(t, b0, all)
 	if uaf := fbtReapSettled(t, r0, u0); uaf != 0 {
 		t.Errorf("%d use(s) of a freed XOL slot", uaf)
@@ -1229,5 +1241,137 @@ func fbtReap(t *ktest.T) {
 	}
 	if bad.Load() != 0 {
 		t.Errorf("%d wrong results from the probed function", bad.Load())
+	}
+}
+
+// fbtTeardownIDs are the sites the teardown case enables: every instruction of fbtClasses
+// (offset probes on every relocation class it holds), the entries and returns of fbtClasses,
+// fbtCallee and fbtAdd, and the kernel's first 1,000 plannable sites.
+func fbtTeardownIDs(t *ktest.T) []int32 {
+	name := fbtName(fbtClasses)
+	pc := reflect.ValueOf(fbtClasses).Pointer()
+	f := runtime.FuncForPC(pc)
+	code := unsafe.Slice((*byte)(unsafe.Pointer(pc)), 4096)
+	var ids []int32
+	for off := 0; off < 4096; {
+		in, err := x86asm.Decode(code[off:], 64)
+		if err != nil || runtime.FuncForPC(pc+uintptr(off)) != f {
+			break
+		}
+		if off != 0 && in.Op != x86asm.RET {
+			if id, err := live.Find(name, live.Offset, off); err == nil {
+				ids = append(ids, id)
+			}
+		}
+		off += in.Len
+	}
+	for _, fn := range []any{fbtClasses, fbtCallee, fbtAdd} {
+		entry, rets := fbtProbes(t, fn)
+		ids = append(append(ids, entry), rets...)
+	}
+	for _, id := range fbtScaleIDs(t, 1000) {
+		if !contains32(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// fbtTeardown disables probes while the functions they probe run, from three contexts: a
+// goroutine on another CPU, a timer callback (time.AfterFunc's goroutine), and a goroutine on
+// another CPU while every worker also broadcasts cross-CPU calls (an all-to-all storm). Workers
+// on every other CPU call fbtClasses and fbtAdd in a loop and check every result against the
+// unprobed one, before, during and after the teardown. Each context runs once per mode (boost,
+// step, auto). The text must be the original again, every teardown must have found probes
+// firing, the reaper must settle and no freed slot may be used.
+func fbtTeardown(t *ktest.T) {
+	if !fbtSetup(t) {
+		return
+	}
+	ids := fbtTeardownIDs(t)
+	var want [16]int
+	for x := range want {
+		want[x] = fbtClasses(x)
+	}
+	wantAdd := fbtAdd(3, 4)
+	n := kernel.OnlineCPUs()
+	workers, tearer := n-1, n-1 // workers on CPUs 0..n-2, the teardown on the last
+	if n == 1 {
+		workers = 1 // one CPU: the workers and the teardown take turns on it
+	}
+	r0, u0 := live.Reaping(), live.TotalStats().UseAfterFree
+	st0 := live.TotalStats()
+	t.Diag("sites", len(ids))
+	for _, ctx := range []string{"other_cpu", "timer_callback", "xcall_storm"} {
+		var hits, during uint64
+		for _, m := range []live.Mode{live.Boost, live.Step, live.Auto} {
+			sel := &live.Selection{IDs: ids, Strict: make([]bool, len(ids)), Skipped: map[string]int{}}
+			if _, err := live.EnableSelection(sel, m); err != nil {
+				t.Errorf("%s/%v: enable: %v", ctx, m, err)
+				return
+			}
+			var stop atomic.Bool
+			var calls atomic.Uint64
+			bad := make([]string, workers)
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				onCPUs(0, workers, func(cpu int, pinned bool) {
+					for !stop.Load() && bad[cpu] == "" {
+						for x := range want {
+							if got := fbtClasses(x); got != want[x] {
+								bad[cpu] = fmt.Sprintf("fbtClasses(%d) = %d, unprobed %d", x, got, want[x])
+							}
+						}
+						if got := fbtAdd(3, 4); got != wantAdd {
+							bad[cpu] = fmt.Sprintf("fbtAdd(3, 4) = %d, unprobed %d", got, wantAdd)
+						}
+						if ctx == "xcall_storm" && !kernel.SyncCPUs() {
+							bad[cpu] = "a CPU did not answer a cross-CPU call"
+						}
+						calls.Add(1)
+					}
+				})
+			}()
+			h0 := fbtSum(ids)
+			time.Sleep(20 * time.Millisecond) // the workers run probed code
+			c0 := calls.Load()
+			var err error
+			switch ctx {
+			case "timer_callback":
+				errc := make(chan error, 1)
+				time.AfterFunc(time.Millisecond, func() { errc <- live.Disable(ids) })
+				err = <-errc
+			default:
+				onCPUs(tearer, tearer+1, func(int, bool) { err = live.Disable(ids) })
+			}
+			during += calls.Load() - c0
+			hits += fbtSum(ids) - h0
+			time.Sleep(10 * time.Millisecond) // and the restored text
+			stop.Store(true)
+			<-done
+			if err != nil {
+				t.Errorf("%s/%v: disable: %v", ctx, m, err)
+			}
+			if b := live.CheckRestored(ids); b != "" {
+				t.Errorf("%s/%v: %s", ctx, m, b)
+			}
+			for cpu, b := range bad {
+				if b != "" {
+					t.Errorf("%s/%v: cpu %d: %s", ctx, m, cpu, b)
+				}
+			}
+			if fbtSum(ids) == h0 {
+				t.Errorf("%s/%v: no probe fired while the workers ran", ctx, m)
+			}
+		}
+		t.Diag(ctx+"_hits", hits)
+		t.Diag(ctx+"_worker_rounds_during_teardown", during)
+	}
+	st := live.TotalStats()
+	t.Diag("raced", st.Raced-st0.Raced)
+	t.Diag("stale_int3", st.StaleINT3-st0.StaleINT3)
+	if uaf := fbtReapSettled(t, r0, u0); uaf != 0 {
+		t.Errorf("%d use(s) of a freed XOL slot", uaf)
 	}
 }
