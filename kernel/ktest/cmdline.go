@@ -72,7 +72,7 @@ var numbers = map[string][2]uint64{
 	"xcall_seconds": {1, 3600},
 	"fbt.safe":      {0, 1}, "fbt.guard": {0, 1}, "wx": {0, 1},
 	"fbt.drop_db": {0, 1 << 20}, "fbt.batch": {0, 1}, "fbt.reap": {0, 1},
-	"fbt.bufrecs": {1, 1 << 20}, "fbt.bufwrap": {0, 1},
+	"fbt.bufrecs": {1, 1 << 16}, "fbt.bufwrap": {0, 1},
 	"fbt.sites":           {0, 1 << 18},
 	"fbt_scale_per_probe": {1000, 30000},
 	"fbt_seconds":         {1, 3600},
@@ -136,6 +136,17 @@ func (o Options) IntParam(k string, def int64) (int64, error) {
 		return 0, fmt.Errorf("option %s=%q: want a positive integer", k, v)
 	}
 	return n, nil
+}
+
+// Off reports whether switch k is given and turned off: its value is a number equal to 0
+// ("0", "00"), as Parse's range check read it.
+func (o Options) Off(k string) bool {
+	v, ok := o.Params[k]
+	if !ok {
+		return false
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	return err == nil && n == 0
 }
 
 func optionNames() []string {

@@ -544,7 +544,7 @@ func fbtSafe(t *ktest.T) {
 		return
 	}
 	defer done()
-	defer live.SetSafe(t.Params["fbt.safe"] != "0")
+	defer live.SetSafe(!ktest.Options{Params: t.Params}.Off("fbt.safe"))
 	for _, safe := range []bool{true, false} {
 		live.SetSafe(safe)
 		s0 := live.Stats(0)
@@ -930,7 +930,7 @@ func fbtScale(t *ktest.T) {
 	if !fbtSetup(t) {
 		return
 	}
-	defer live.SetBatch(t.Params["fbt.batch"] != "0")
+	defer live.SetBatch(!ktest.Options{Params: t.Params}.Off("fbt.batch"))
 	perProbeMax, err := ktest.Options{Params: t.Params}.IntParam("fbt_scale_per_probe", 1000)
 	if err != nil {
 		t.Fatalf("%v", err)
