@@ -37,9 +37,9 @@ const (
 // kcall runs kernel call n with arguments a and b and returns its result. Goroutine code.
 func kcall(n int, a, b uintptr) uintptr { return kcall3(n, a, b, 0) }
 
-// kcall3 is kcall with a third argument (R10). Goroutine code: the call graph reaches it from
-// trap context only through CrossCall and CrossBroadcast, which take this branch only when
-// fromGoroutine (IF=1, trap depth 0) — so "Trap context" code never executes the SYSCALL here.
+// kcall3 is kcall with a third argument (R10). Goroutine code. (CrossCall and CrossBroadcast,
+// which trap context calls too, reach it only from goroutine code: trapcontext_test.go's
+// goroutineBranchOnly.)
 func kcall3(n int, a, b, c uintptr) uintptr {
 	r, _, _ := syscall.RawSyscall6(sysKcall, uintptr(n), a, b, c, 0, 0)
 	return r

@@ -16,8 +16,8 @@ import (
 // is never mapped (the traps suite reads there to fault).
 const (
 	pokeAlias = 0xffff_d000_0000_0000 // one page: the text page being patched, writable, NX
-	// refetchAlias is MaxCPUs pages after pokeAlias, in the same page table: CPU i's own alias
-	// for RefetchText at refetchAlias + i pages.
+	// refetchAlias is the page after pokeAlias, and MaxCPUs pages from there are CPU i's own
+	// aliases for RefetchText (refetchAlias + i pages), all in pokeAlias's page table.
 	refetchAlias = pokeAlias + pageSize
 	// XOLFar is at least 4 GiB from the text (which lies in the low 4 GiB): every RIP-relative
 	// operand and branch of a copy there takes the relocator's far path.
@@ -86,7 +86,9 @@ func initRefetch() {
 //
 // Trap context allowed, interrupts off. No lock: the alias is this CPU's alone (no other CPU
 // ever uses its address, so none caches its translation); the caller makes sure that no other
-// CPU stores to addr meanwhile.
+// CPU stores to addr meanwhile — fbt's #BP handler by answering no cross-CPU call between
+// reading its site disabled and this store (so no lock wait, which drains calls, may come in
+// between).
 func RefetchText(addr uintptr) bool {
 	if addr < kernelStart() || addr >= kernelTextEnd() {
 		return false

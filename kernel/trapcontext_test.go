@@ -167,6 +167,9 @@ func TestTrapContextRules(t *testing.T) {
 		if !strings.HasPrefix(name, "tracebed/") || !ok { // runtime, or assembly-only (no Go declaration)
 			continue
 		}
+		if _, ok := goroutineBranchOnly[name]; ok {
+			continue
+		}
 		if !strings.Contains(doc, "Trap context") && !strings.Contains(doc, "Kernel context") {
 			unlabelled = append(unlabelled, name)
 		}
@@ -190,4 +193,11 @@ func addEdges(t *testing.T, g *callgraph.Graph, from []int, to []string) {
 			}
 		}
 	}
+}
+
+// goroutineBranchOnly are the functions the static call graph reaches from a trap entry only
+// through a branch taken in goroutine code, which is why their doc comments say "Goroutine
+// code": the reason is checked by hand, here.
+var goroutineBranchOnly = map[string]string{
+	"tracebed/kernel.kcall3": "CrossCall and CrossBroadcast make a kernel call only when fromGoroutine() (IF=1, trap depth 0); in trap context they call xcall directly",
 }

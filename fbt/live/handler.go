@@ -28,6 +28,7 @@ func onBreakpoint(f *trap.Frame) bool {
 func breakpoint(f *trap.Frame) bool {
 	cpu := kernel.CurrentCPU()
 	c := &cpus[cpu]
+	c.bpSeq++
 	addr := uintptr(f.RIP - 1)
 	if c.stepping != 0 && addr >= stepExec(cpu)+uintptr(len(site(c.stepSite).step.Code)) && addr < stepExec(cpu)+slotSize {
 		// A guard after the step copy: the step's #DB never came. Finish as it would have.
@@ -47,7 +48,6 @@ func breakpoint(f *trap.Frame) bool {
 		c.Raced++
 		return raced(f, c, s, addr)
 	}
-	c.racedAt = 0
 	atomic.AddUint64(&counts[cpu][id], 1)
 	c.Hits++
 	switch {
@@ -120,13 +120,17 @@ const staleLimit = 1000
 // IRET serialises), or the disable that restored it has completed its synchronisation. A site
 // whose INT3 keeps coming back in a row is a fatal #BP, never a silent livelock. No other CPU
 // stores to the byte meanwhile: an enable marks the site before it synchronises and only then
-// writes the INT3, and the synchronisation waits for this handler (interrupts off).
+// writes the INT3, and the synchronisation waits for this handler (interrupts off, and no lock
+// wait — which would run cross-CPU calls — between reading the site and the store).
 //
 // Trap context, interrupts off.
 func raced(f *trap.Frame, c *cpuState, s *Site, addr uintptr) bool {
-	again := c.racedAt == addr // re-executed after an IRET, which serialises: a stale fetch
+	// The very next #BP on this CPU at the site it has just re-executed (after an IRET, which
+	// serialises): a stale fetch.
+	again := c.racedAt == addr && c.racedSeq+1 == c.bpSeq
+	c.racedAt, c.racedSeq = addr, c.bpSeq
 	if !again {
-		c.racedAt, c.racedRun = addr, 0
+		c.racedRun = 0
 	} else if c.racedRun++; c.racedRun > staleLimit {
 		return false
 	}

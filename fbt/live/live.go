@@ -196,8 +196,10 @@ type cpuState struct {
 	inAction      uint32
 	stepping      uint32
 	stepSite      int32
-	racedAt       uintptr // the site of this CPU's last raced hit, 0 after any other hit
-	racedRun      uint64  // its repeats in a row
+	bpSeq         uint64  // #BPs this CPU has taken
+	racedAt       uintptr // the site of this CPU's last raced hit
+	racedSeq      uint64  // its bpSeq
+	racedRun      uint64  // its repeats in a row, each the very next #BP
 	savedFlags    uint64 // IF and TF of the stepped frame
 	scratchOld    uint64
 	drop          uint64 // steps begun, for fbt.drop_db

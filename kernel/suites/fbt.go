@@ -1281,7 +1281,8 @@ func fbtTeardownIDs(t *ktest.T) []int32 {
 // goroutine on another CPU, a timer callback (time.AfterFunc's goroutine), and a goroutine on
 // another CPU while every worker also broadcasts cross-CPU calls (an all-to-all storm). Workers
 // on every other CPU call fbtClasses and fbtAdd in a loop and check every result against the
-// unprobed one, before, during and after the teardown. Each context runs once per mode (boost,
+// unprobed one, before, during and after the teardown; with more than one CPU they must have
+// run during it. (At one CPU the workers and the teardown take turns.) Each context runs once per mode (boost,
 // step, auto). The text must be the original again, every teardown must have found probes
 // firing, the reaper must settle and no freed slot may be used.
 func fbtTeardown(t *ktest.T) {
@@ -1308,6 +1309,7 @@ func fbtTeardown(t *ktest.T) {
 			sel := &live.Selection{IDs: ids, Strict: make([]bool, len(ids)), Skipped: map[string]int{}}
 			if _, err := live.EnableSelection(sel, m); err != nil {
 				t.Errorf("%s/%v: enable: %v", ctx, m, err)
+				live.Disable(ids) // what it enabled before failing
 				return
 			}
 			var stop atomic.Bool
@@ -1367,6 +1369,9 @@ func fbtTeardown(t *ktest.T) {
 		}
 		t.Diag(ctx+"_hits", hits)
 		t.Diag(ctx+"_worker_rounds_during_teardown", during)
+		if n > 1 && during == 0 {
+			t.Errorf("%s: no worker ran a round while the probes were torn down", ctx)
+		}
 	}
 	st := live.TotalStats()
 	t.Diag("raced", st.Raced-st0.Raced)
