@@ -186,8 +186,8 @@ type Record struct {
 type CPUStats struct {
 	Hits, Actions, SafeSkipped, NestedDropped, Emulated, EmuFallback, Boosted, Steps,
 	MissedDB, Raced, PassedBP, PassedDB, CopyOK, CopyFault, UseAfterFree uint64
-	// StaleINT3 counts a disabled site's INT3 taken again right after its re-execution (a
-	// stale instruction fetch: handler.go's raced).
+	// StaleINT3 counts a disabled site's INT3 fetched after its byte was restored for certain:
+	// right after its re-execution, or after the disable's synchronisation (handler.go's raced).
 	StaleINT3 uint64
 }
 
@@ -200,7 +200,7 @@ type cpuState struct {
 	racedAt       uintptr // the site of this CPU's last raced hit
 	racedSeq      uint64  // its bpSeq
 	racedRun      uint64  // its repeats in a row, each the very next #BP
-	savedFlags    uint64 // IF and TF of the stepped frame
+	savedFlags    uint64  // IF and TF of the stepped frame
 	scratchOld    uint64
 	drop          uint64 // steps begun, for fbt.drop_db
 	lastSafe      int32  // the site of the last hit safe mode skipped

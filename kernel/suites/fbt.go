@@ -808,8 +808,7 @@ func fbtAll(t *ktest.T) {
 	t.Diag("emulation_fallbacks", st.EmuFallback-st0.EmuFallback)
 	t.Diag("boosted", st.Boosted-st0.Boosted)
 	t.Diag("steps", st.Steps-st0.Steps)
-	t.Diag("raced", st.Raced-st0.Raced)
-	t.Diag("stale_int3", st.StaleINT3-st0.StaleINT3)
+	fbtRacedDiags(t, st0)
 	t.Diag("rounds", fmt.Sprint(rounds))
 	t.Diag("workload_if_off", fbtIFOff.Load())
 	for c := 0; c < n; c++ {
@@ -937,12 +936,7 @@ func fbtScale(t *ktest.T) {
 		return
 	}
 	var batched10k, perProbe10k time.Duration
-	st0 := live.TotalStats()
-	defer func() {
-		st := live.TotalStats()
-		t.Diag("raced", st.Raced-st0.Raced)
-		t.Diag("stale_int3", st.StaleINT3-st0.StaleINT3) // disabled INT3s fetched again: kernel.RefetchText
-	}()
+	defer fbtRacedDiags(t, live.TotalStats())
 	for _, n := range []int{1000, 10000, 30000} {
 		ids := fbtScaleIDs(t, n)
 		if len(ids) < n {
@@ -1032,6 +1026,14 @@ func fbtBuffersChecked(t *ktest.T, b0 live.BufStats, counts map[int32]uint64) {
 	t.Diag("top_functions", strings.Join(live.TopFuncs(counts, 5), ","))
 }
 
+// fbtRacedDiags prints the #BPs taken at sites already disabled since st0 (raced), and those
+// of them fetched after the restore for certain (stale_int3: kernel.RefetchText).
+func fbtRacedDiags(t *ktest.T, st0 live.CPUStats) {
+	st := live.TotalStats()
+	t.Diag("raced", st.Raced-st0.Raced)
+	t.Diag("stale_int3", st.StaleINT3-st0.StaleINT3)
+}
+
 // fbtReapSettled waits (up to 2 s) for the reaper to free what it holds, prints the teardown's
 // slot figures since r0 (and u0 uses after free), fails on a slot still pending or leaked,
 // and returns the uses after free.
@@ -1069,7 +1071,7 @@ func fbtTorture(t *ktest.T) {
 	n := kernel.OnlineCPUs()
 	r0, u0 := live.Reaping(), live.TotalStats().UseAfterFree
 	b0, _ := live.CheckBuffers()
-	stT0 := live.TotalStats()
+	stT0 := live.TotalStats() // the loop's own st0 is per loop
 	all := map[int32]uint64{}
 	var loaded time.Duration
 	var loadHits uint64
@@ -1135,9 +1137,7 @@ func fbtTorture(t *ktest.T) {
 	t.Diag("enable_ms_per_loop", enableMs/int64(loops))
 	t.Diag("disable_ms_per_loop", disableMs/int64(loops))
 	t.Diag("fires_per_second_under_load", fmt.Sprintf("%.0f", float64(loadHits)/loaded.Seconds()))
-	stT := live.TotalStats()
-	t.Diag("raced", stT.Raced-stT0.Raced)
-	t.Diag("stale_int3", stT.StaleINT3-stT0.StaleINT3)
+	fbtRacedDiags(t, stT0)
 	fbtBuffersChecked(t, b0, all)
 	if uaf := fbtReapSettled(t, r0, u0); uaf != 0 {
 		t.Errorf("%d use(s) of a freed XOL slot", uaf)
@@ -1373,9 +1373,7 @@ func fbtTeardown(t *ktest.T) {
 			t.Errorf("%s: no worker ran a round while the probes were torn down", ctx)
 		}
 	}
-	st := live.TotalStats()
-	t.Diag("raced", st.Raced-st0.Raced)
-	t.Diag("stale_int3", st.StaleINT3-st0.StaleINT3)
+	fbtRacedDiags(t, st0)
 	if uaf := fbtReapSettled(t, r0, u0); uaf != 0 {
 		t.Errorf("%d use(s) of a freed XOL slot", uaf)
 	}
