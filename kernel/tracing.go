@@ -1,6 +1,7 @@
 package kernel
 
 import (
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -72,9 +73,9 @@ func PreemptSoon() {
 // SyncThreads is SyncCPUs that also takes a snapshot of where every thread is: it fills out
 // with the saved RIP of each thread that is queued or blocked, and the interrupted RIP of each
 // thread running on any CPU (read there by the serialising call itself, after any trap handler
-// that CPU was running has returned). klock is held throughout, so no thread is switched in or
-// out while the snapshot is taken. It returns how many RIPs it stored (at most len(out)) and
-// false if a CPU did not answer (the snapshot then lacks that CPU's thread).
+// that CPU was running has returned), all as of one instant: no thread was switched in or out
+// between the reads. It returns how many RIPs it stored (at most len(out)) and false if a CPU
+// did not answer (the snapshot then lacks that CPU's thread).
 //
 // Goroutine code (a kernel call).
 func SyncThreads(out []uint64) (int, bool) {
@@ -85,28 +86,73 @@ func SyncThreads(out []uint64) (int, bool) {
 	return int(r >> 1), r&1 != 0
 }
 
+// schedSeq counts the times a CPU's current thread changed (resume, reschedule): bumped with
+// klock held, read without it.
+var schedSeq atomic.Uint64
+
+// snapshotTries is how many times syncThreads takes its snapshot without klock before it
+// takes one holding klock throughout.
+const snapshotTries = 4
+
+// SnapshotStats are SyncThreads' figures: snapshots taken, those retried because a thread was
+// switched meanwhile, and those that fell back to holding klock.
+type SnapshotStats struct{ Taken, Retried, Locked uint64 }
+
+var snapshotStats struct{ taken, retried, locked atomic.Uint64 }
+
+// Snapshots is SyncThreads' figures so far. Goroutine code.
+func Snapshots() SnapshotStats {
+	return SnapshotStats{snapshotStats.taken.Load(), snapshotStats.retried.Load(), snapshotStats.locked.Load()}
+}
+
 // syncThreads is SyncThreads in the kernel: the result is n<<1 | ok.
+//
+// The queued and blocked threads are read with klock held, and klock is released before the
+// serialising call: it is taken again only when the snapshot is retried too often. Holding
+// klock across the call (as this once did) made every CPU woken from its idle halt by the call
+// spin for klock right after answering; under TCG, on a 2-core host, those spinning vCPUs kept
+// the host's cores from the caller and from the CPUs still to answer, and each such call took
+// 5-7 ms instead of 0.1 (every per-probe disable, and every reaper snapshot). A snapshot read
+// without klock is exact when no CPU's current thread changed from the queue read until the
+// last answer (schedSeq did not move): the queued threads' saved frames were then untouched,
+// and each running thread is the one its CPU answered for. Otherwise it is taken again.
 //
 // Kernel context (a kernel call).
 func (c *CPU) syncThreads(out []uint64) uint64 {
-	var running [MaxCPUs]uint64
-	klock.lock()
-	n := 0
-	for i := int32(0); i < sched.Count() && n < len(out); i++ {
-		if t := sched.T(i); t.State == sched.Runnable || t.State == sched.Blocked {
-			out[n] = t.Frame.RIP
-			n++
+	snapshotStats.taken.Add(1)
+	for try := 0; ; try++ {
+		locked := try == snapshotTries
+		var running [MaxCPUs]uint64
+		klock.lock()
+		n := 0
+		for i := int32(0); i < sched.Count() && n < len(out); i++ {
+			if t := sched.T(i); t.State == sched.Runnable || t.State == sched.Blocked {
+				out[n] = t.Frame.RIP
+				n++
+			}
 		}
-	}
-	ok := CrossBroadcast(1<<uint(ncpuOnline)-1, syncThreadCall, uintptr(unsafe.Pointer(&running))) == xcall.OK
-	for i := 0; i < ncpuOnline && n < len(out); i++ {
-		if running[i] != 0 && i != c.id { // this CPU's thread is the caller
-			out[n] = running[i]
-			n++
+		seq := schedSeq.Load()
+		if locked {
+			snapshotStats.locked.Add(1)
+		} else {
+			c.unlockKlock()
 		}
+		ok := CrossBroadcast(1<<uint(ncpuOnline)-1, syncThreadCall, uintptr(unsafe.Pointer(&running))) == xcall.OK
+		if !locked && schedSeq.Load() != seq {
+			snapshotStats.retried.Add(1)
+			continue
+		}
+		for i := 0; i < ncpuOnline && n < len(out); i++ {
+			if running[i] != 0 && i != c.id { // this CPU's thread is the caller
+				out[n] = running[i]
+				n++
+			}
+		}
+		if locked {
+			c.unlockKlock()
+		}
+		return uint64(n)<<1 | b2u(ok)
 	}
-	c.unlockKlock()
-	return uint64(n)<<1 | b2u(ok)
 }
 
 // syncThreadCall is syncThread, registered.
@@ -114,8 +160,10 @@ var syncThreadCall xcall.Func
 
 // syncThread serialises this CPU (as serialize) and stores the interrupted RIP of the thread
 // running on it (0 if none) in (*[MaxCPUs]uint64)(arg)[cpu]. The thread's registers are at
-// the top of the kernel stack whenever this CPU is in the kernel with a thread current; klock,
-// held by the caller, keeps it current.
+// the top of the kernel stack whenever this CPU is in the kernel with a thread current: the
+// call runs from the call IPI (the thread or the idle loop interrupted) or from a lock wait,
+// never between a change of current and the frame's load (those run with klock held and
+// interrupts off, and take no lock meanwhile).
 //
 // Trap context (a cross-CPU call).
 func syncThread(arg uintptr) {
