@@ -31,6 +31,7 @@ const (
 	kcXcall              // CrossCall(int(a), xcall.Func(c), b) from goroutine code
 	kcXbroadcast         // CrossBroadcast(a, xcall.Func(c), b) from goroutine code
 	kcSyncThreads        // SyncThreads(out): a is &out[0], b is len(out)
+	kcPokes              // PokeTexts(p): a is &p[0], b is len(p) (at most pokeBatch)
 	numKcalls
 )
 
@@ -70,6 +71,11 @@ func (c *CPU) runKcall(f *Frame) uint64 {
 		sched.T(c.current).Pin = int32(a)
 		c.unlockKlock()
 		return 0
+	case kcPokes:
+		if b == 0 || b > pokeBatch {
+			return 0
+		}
+		return uint64(pokeTexts(unsafe.Slice((*Poke)(unsafe.Pointer(a)), b)))
 	case kcSyncThreads:
 		if b == 0 {
 			return 0

@@ -40,22 +40,74 @@ const (
 // Goroutine code (a kernel call).
 func PokeText(addr uintptr, b byte) bool { return kcall(kcPoke, addr, uintptr(b)) == 1 }
 
+// Poke is one byte for PokeTexts to store.
+type Poke struct {
+	Addr uintptr
+	B    byte
+}
+
+// pokeBatch is how many pokes one kernel call of PokeTexts makes at most: its stretch with
+// interrupts off stays short (text_poke_bp_batch takes 256 at a time too).
+const pokeBatch = 256
+
+// PokeTexts stores each byte of p as PokeText does, in kernel calls of up to 256 pokes that
+// map a page's alias once for each run of pokes on that page (sorted by address, p costs one
+// mapping per page). It returns how many it stored: len(p), unless p[n].Addr is not kernel
+// text.
+//
+// Goroutine code (kernel calls).
+func PokeTexts(p []Poke) int {
+	n := 0
+	for n < len(p) {
+		k := min(len(p)-n, pokeBatch)
+		done := int(kcall(kcPokes, uintptr(unsafe.Pointer(&p[n])), uintptr(k)))
+		n += done
+		if done < k {
+			break
+		}
+	}
+	return n
+}
+
 // Kernel context (a kernel call).
 func pokeText(addr uintptr, b byte) bool {
-	if addr < kernelStart() || addr >= kernelTextEnd() {
-		return false
-	}
-	page := uint64(addr) &^ (pageSize - 1) // identity-mapped: the frame is the address
+	p := [1]Poke{{addr, b}}
+	return pokeTexts(p[:]) == 1
+}
+
+// pokeTexts stores p's bytes, mapping the alias again only when the page changes, and returns
+// how many it stored.
+//
+// Kernel context (a kernel call).
+func pokeTexts(p []Poke) int {
 	vmLock.lock()
-	ok := kpt.mapPage(pokeAlias, page, pteWrite|pteNX) == ptOK
-	if ok {
-		invlpg(pokeAlias) // no stale (speculatively cached) translation of the alias here
-		*(*byte)(unsafe.Pointer(uintptr(pokeAlias + uint64(addr)%pageSize))) = b
+	mapped := uint64(0) // the text page the alias maps; 0: none
+	n := 0
+	for ; n < len(p); n++ {
+		addr := p[n].Addr
+		if addr < kernelStart() || addr >= kernelTextEnd() {
+			break
+		}
+		if page := uint64(addr) &^ (pageSize - 1); page != mapped { // identity-mapped: the frame is the address
+			if mapped != 0 {
+				kpt.unmapPage(pokeAlias)
+				invlpg(pokeAlias)
+				mapped = 0
+			}
+			if kpt.mapPage(pokeAlias, page, pteWrite|pteNX) != ptOK {
+				break
+			}
+			invlpg(pokeAlias) // no stale (speculatively cached) translation of the alias here
+			mapped = page
+		}
+		*(*byte)(unsafe.Pointer(uintptr(pokeAlias + uint64(addr)%pageSize))) = p[n].B
+	}
+	if mapped != 0 {
 		kpt.unmapPage(pokeAlias)
 		invlpg(pokeAlias) // only this CPU ever touched the alias
 	}
 	vmLock.unlock()
-	return ok
+	return n
 }
 
 // refetchPTE is each CPU's page-table entry for its refetch alias (made by initRefetch).
