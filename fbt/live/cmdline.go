@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"tracebed/fbt"
 )
@@ -130,7 +131,9 @@ func EnableSelection(r *Selection, m Mode) (map[string]int, error) {
 	var ok []int32
 	for i, id := range r.IDs {
 		mu.Lock()
+		t0 := time.Now()
 		err := plan(id, m)
+		phases.Plan += time.Since(t0)
 		mu.Unlock()
 		if err != nil {
 			if r.Strict[i] {

@@ -60,6 +60,8 @@ func initSlots() {
 		owner[i] = -1
 	}
 	inUse = make([]uint64, (n+63)/64)
+	freeSlots = make([]uintptr, 0, 2*n+1040) // compacted before 2n+1025 entries: never grown, so a disable allocates nothing (live.go: reserve)
+	pending = make([]uintptr, 0, n)
 	go reaper()
 }
 
