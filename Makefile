@@ -54,7 +54,7 @@ torture: qemu kernel
 	$(GO) run ./cmd/tracebed run --smp 8 --suite xcall --append xcall_seconds=60 --timeout 10m
 	$(GO) run ./cmd/tracebed run --smp 4 --suite smp --append gc_seconds=60 --timeout 15m
 	$(GO) run ./cmd/tracebed run --smp 4 --suite fbt --append fbt_seconds=60 --timeout 15m
-	$(GO) run ./cmd/tracebed run --smp 2 --suite fbt --append 'fbt_seconds=60 idt=pvshim fbt.mode=step fbt_scale_per_probe=30000' --timeout 30m
+	$(GO) run ./cmd/tracebed run --smp 2 --suite fbt --append 'fbt_seconds=60 idt=pvshim fbt.mode=step' --timeout 30m
 	$(GO) run ./cmd/tracebed run --smp 4 --suite fbt_torture --append fbt_seconds=60 --timeout 15m
 	$(GO) run ./cmd/tracebed run --smp 8 --suite fbt_torture --append fbt_seconds=60 --timeout 20m
 

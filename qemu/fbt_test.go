@@ -86,10 +86,9 @@ func TestFBTUnderPVShim(t *testing.T) {
 	}
 }
 
-// The XOL area within rel32 reach: the relocation classes again, through the near paths; and
-// the per-probe protocol measured at 10,000 probes as well.
+// The XOL area within rel32 reach: the relocation classes again, through the near paths.
 func TestFBTNearXOL(t *testing.T) {
-	s := fbtBoot(t, 2, "fbt.xol=near fbt_scale_per_probe=10000")
+	s := fbtBoot(t, 2, "fbt.xol=near")
 	xol, _ := s.Find("relocation_classes").Diag("xol")
 	assert.Equal(t, "near", xol)
 }

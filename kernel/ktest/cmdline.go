@@ -50,7 +50,7 @@ var knownParams = map[string]string{
 	"fbt.bufwrap":         "1: a full buffer silently overwrites its oldest record instead of dropping and counting (a mutation: the buffer check must then fail)",
 	"fbt.batch":           "0: enable and disable probes one at a time, three all-CPU synchronisations each (the baseline batching is measured against)",
 	"fbt.sites":           "N: the probe-site table holds N sites, offset sites added after every entry and return (default 40960)",
-	"fbt_scale_per_probe": "N: the fbt suite's scale case measures the per-probe protocol up to N probes (1000, 10000 or 30000; default 1000: minutes under TCG beyond)",
+	"fbt_scale_per_probe": "N: the fbt suite's scale case measures the per-probe protocol up to N probes (1000 to 30000; default 30000)",
 	"fbt_seconds":         "seconds of guest time the fbt suite's all-probes load runs (default 3)",
 	"stackguard":          "0: leave the guard pages below the kernel's stacks mapped (a mutation: the fault_guard suite must then fail)",
 }
