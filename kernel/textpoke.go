@@ -46,11 +46,12 @@ type Poke struct {
 	B    byte
 }
 
-// pokeBatch is how many pokes one kernel call of PokeTexts makes at most: its stretch with
-// interrupts off stays short (text_poke_bp_batch takes 256 at a time too).
-const pokeBatch = 256
+// pokeBatch is how many pokes one kernel call of PokeTexts makes at most: about 1 ms with
+// interrupts off under TCG. Fewer calls matter when the caller runs under its own probes and
+// loaded CPUs: between two calls it can be preempted and wait for a P.
+const pokeBatch = 1024
 
-// PokeTexts stores each byte of p as PokeText does, in kernel calls of up to 256 pokes that
+// PokeTexts stores each byte of p as PokeText does, in kernel calls of up to 1,024 pokes that
 // map a page's alias once for each run of pokes on that page (sorted by address, p costs one
 // mapping per page). It returns how many it stored: len(p), unless p[n].Addr is not kernel
 // text.
