@@ -264,7 +264,7 @@ var (
 	disablesDone atomic.Uint64
 	phases       Phases // where enabling and disabling spent their time (mu held)
 	nEnabled     int    // sites enabled (mu held)
-	offBuf       []*Site
+	offBuf       []int32
 	pokeBuf      []kernel.Poke // disable's buffers (reserve)
 
 	graph   *callgraph.Graph
@@ -333,6 +333,8 @@ func doInit(c Config) error {
 			}
 		} else if kernelAPI(f.Name) {
 			funcs[i].toxic = "kernel or probe path"
+		} else if callgraph.Match(f.Name, tracerItself) {
+			funcs[i].toxic = "the tracer itself"
 		}
 	}
 	for i := range funcs {
@@ -398,6 +400,13 @@ var toxicRoots = []string{
 	"tracebed/kernel/suites.on*BP", "tracebed/kernel/suites.on*NMI", "tracebed/kernel/suites.onDebug",
 	"tracebed/kernel/suites.onBreakpoint", "tracebed/kernel/suites.onFault", "tracebed/kernel/suites.onUD",
 }
+
+// tracerItself is the tracer's own code, which is never probed either (as illumos's fbt
+// leaves the dtrace and fbt modules alone): what the probe path runs of it is toxic by the
+// walk already; the rest — Enable, Disable, planning, relocating — runs while probes are live,
+// and under an offset probe inside its own loops a step-mode disable of 36,000 probes under
+// load took 75 s (8 CPUs), every iteration stepped.
+var tracerItself = []string{"tracebed/fbt.*", "tracebed/fbt/live.*"}
 
 // kernelAPI reports whether name is an exported function of package kernel.
 func kernelAPI(name string) bool {
@@ -742,7 +751,11 @@ func enable(ids []int32, m Mode, nsync int) error {
 	reserve(nEnabled)
 	ok := syncAll()
 	t2 := time.Now()
-	if n := kernel.PokeTexts(pokes(todo, func(*Site) byte { return opcodeINT3 })); n < len(todo) {
+	p := pokeBuf[:0]
+	for _, s := range todo {
+		p = append(p, kernel.Poke{Addr: s.Addr, B: opcodeINT3})
+	}
+	if n := kernel.PokeTexts(p); n < len(todo) {
 		for _, s := range todo[n:] {
 			atomic.StoreUint32(&s.enabled, 0)
 		}
@@ -782,33 +795,31 @@ func (p Phases) Sub(p0 Phases) Phases {
 	return Phases{p.Plan - p0.Plan, p.Poke - p0.Poke, p.Sync - p0.Sync, p.Threads - p0.Threads, p.Release - p0.Release}
 }
 
-// pokes is the byte b(s) at each site of ss, for kernel.PokeTexts, in pokeBuf: in their
-// order, which is the sites' address order whenever ids came from a selection (Resolve lists
-// sites by address), so each page's alias is mapped once. (They are not sorted here: a
-// disable runs with its probes still live, and sort's code is probed like any other — sorting
-// 30,000 sites under their own probes took 9 s.) mu held.
-func pokes(ss []*Site, b func(*Site) byte) []kernel.Poke {
-	p := pokeBuf[:0]
-	for _, s := range ss {
-		p = append(p, kernel.Poke{Addr: s.Addr, B: b(s)})
-	}
-	pokeBuf = p[:0]
-	return p
-}
-
-// reserve makes disable's buffers hold n sites. Enable calls it before it writes an INT3, so
-// that a disable allocates nothing while the probes it removes are still live: under 30,000
-// probes the runtime's allocator and collector are probed too, and a GC cycle (or an assist)
-// begun there crawls. One 30,000-probe disable that allocated its buffers took 6.4 s, where
-// the others took 0.05 to 0.2; none has since they are reserved (not proof: it was one run
-// in about ten). mu held.
+// reserve makes the buffers of enable and disable hold n sites: offBuf, the ids of the sites
+// a disable turns off (ids, not pointers: a pointer stored into a heap slice runs the GC's
+// write barrier, whose buffer flushes run the collector's probed code while it marks — 127 s
+// of one step-mode disable of 36,000 probes under load, 7.5 s with ids), and pokeBuf, the
+// bytes to store (kernel.PokeTexts) in the sites' order: their address order whenever ids came
+// from a selection (Resolve lists sites by address), so each page's alias is mapped once. They are not sorted: a disable runs with its probes still
+// live, and sort's code is probed like any other (sorting 30,000 sites under their own probes
+// took 9 s); nor built through a function value, which would be probed too. Enable calls
+// reserve before it writes an INT3, so that a disable allocates nothing while the probes it
+// removes are still live: under 30,000 probes the runtime's allocator and collector are
+// probed too, and a GC cycle (or an assist) begun there crawls. One 30,000-probe disable that
+// allocated its buffers took 6.4 s, where the others took 0.05 to 0.2; none has since they
+// are reserved (not proof: it was one run in about ten). mu held.
 func reserve(n int) {
 	if cap(offBuf) < n {
-		offBuf = make([]*Site, 0, n+n/4)
+		offBuf = make([]int32, 0, n+n/4)
 	}
 	if cap(pokeBuf) < n {
 		pokeBuf = make([]kernel.Poke, 0, n+n/4)
 	}
+}
+
+// Add is p plus q.
+func (p Phases) Add(q Phases) Phases {
+	return Phases{p.Plan + q.Plan, p.Poke + q.Poke, p.Sync + q.Sync, p.Threads + q.Threads, p.Release + q.Release}
 }
 
 // syncAll makes every CPU serialise, and counts it.
@@ -850,13 +861,16 @@ func disable(ids []int32, nsync int) error {
 	defer func() { offBuf = off[:0] }()
 	disableGen++
 	t0 := time.Now()
+	p := pokeBuf[:0]
 	for _, id := range ids {
 		if s := site(id); atomic.LoadUint32(&s.enabled) != 0 {
-			off = append(off, s)
+			off = append(off, id)
+			p = append(p, kernel.Poke{Addr: s.Addr, B: s.orig})
 		}
 	}
-	kernel.PokeTexts(pokes(off, func(s *Site) byte { return s.orig })) // they were patched: they are text
-	for _, s := range off {
+	kernel.PokeTexts(p) // they were patched: they are text
+	for _, id := range off {
+		s := site(id)
 		atomic.StoreUint64(&s.offGen, disableGen)
 		atomic.StoreUint32(&s.enabled, 0)
 	}

@@ -154,15 +154,16 @@ func freeSlot(off uintptr) {
 	}
 }
 
-// release detaches the boost slots of sites ss (just disabled, after the synchronisation that
+// release detaches the boost slots of sites ids (just disabled, after the synchronisation that
 // took rips) and frees those no RIP lies in; the rest wait for the reaper. With fbt.reap=0
 // every slot is freed at once. ok false: the synchronisation failed, so the snapshot may lack
 // a thread: every slot waits. mu held.
-func release(ss []*Site, rips []uint64, ok bool) {
+func release(ids []int32, rips []uint64, ok bool) {
 	if cfg.Reap && ok {
 		markInUse(rips)
 	}
-	for _, s := range ss {
+	for _, id := range ids {
+		s := site(id)
 		if s.boost == 0 {
 			continue
 		}
