@@ -177,10 +177,10 @@ func TestFBTBufferWrapMutationFails(t *testing.T) {
 	assert.Greater(t, diagFloat(t, c, "records_missing"), 0.0)
 }
 
-// Enable every site (entries, returns and offsets: over 30,000), load every CPU with GC,
-// goroutines and cross-CPU calls, disable all, and again, for 10 s at 4 and at 8 CPUs: text
-// restored, hits consistent, records accounted for, no slot leaked or used after free, nothing
-// crashed. make torture runs it for a minute.
+// Enable every site (entries, returns and offsets: over 30,000), dwell, disable all, and again,
+// in each mode in turn, under a GC, goroutine and cross-CPU call load on every CPU, for 10 s at
+// 4 and at 8 CPUs: text restored, hits consistent, records accounted for, no slot leaked or
+// used after free, nothing crashed. make torture runs it for a minute.
 func TestFBTTorture(t *testing.T) {
 	for _, cpus := range []int{4, 8} {
 		t.Run(strconv.Itoa(cpus)+"cpus", func(t *testing.T) {
@@ -195,6 +195,11 @@ func TestFBTTorture(t *testing.T) {
 			assert.Greater(t, diagFloat(t, c, "records_consumed"), 0.0)
 			assert.Equal(t, diagFloat(t, c, "records_offered"),
 				diagFloat(t, c, "records_consumed")+diagFloat(t, c, "records_dropped"))
+			for _, m := range []string{"auto", "boost", "step", "emulate"} {
+				assert.GreaterOrEqual(t, diagFloat(t, c, m+"_loops"), 1.0, m)
+				assert.Greater(t, diagFloat(t, c, m+"_fires_per_second"), 0.0, m)
+				assert.LessOrEqual(t, diagFloat(t, c, m+"_syncs_per_loop"), 3.0, m)
+			}
 			t.Logf("%v", c.Diags)
 		})
 	}
