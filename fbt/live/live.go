@@ -797,8 +797,10 @@ func (p Phases) Sub(p0 Phases) Phases {
 
 // reserve makes the buffers of enable and disable hold n sites: offBuf, the ids of the sites
 // a disable turns off (ids, not pointers: a pointer stored into a heap slice runs the GC's
-// write barrier, whose buffer flushes run the collector's probed code while it marks — 127 s
-// of one step-mode disable of 36,000 probes under load, 7.5 s with ids), and pokeBuf, the
+// write barrier, whose buffer flushes run the collector's code, probed like the rest; a
+// step-mode disable of 36,000 probes under load took 127 s with pointers, 7.5 s with ids — and
+// 0.3 s once this package was no longer probed itself, tracerItself, which may have been most
+// of both), and pokeBuf, the
 // bytes to store (kernel.PokeTexts) in the sites' order: their address order whenever ids came
 // from a selection (Resolve lists sites by address), so each page's alias is mapped once. They are not sorted: a disable runs with its probes still
 // live, and sort's code is probed like any other (sorting 30,000 sites under their own probes
