@@ -36,11 +36,20 @@ const (
 )
 
 // kcall runs kernel call n with arguments a and b and returns its result. Goroutine code.
+//
+// An argument may be a pointer converted to uintptr in the call itself (PokeTexts,
+// SyncThreads): uintptrescapes puts what it points to on the heap and keeps it alive for the
+// call, as for syscall.Syscall — a goroutine's stack can move when the call grows it, and the
+// kernel would read the old one.
+//
+//go:uintptrescapes
 func kcall(n int, a, b uintptr) uintptr { return kcall3(n, a, b, 0) }
 
 // kcall3 is kcall with a third argument (R10). Goroutine code. (CrossCall and CrossBroadcast,
 // which trap context calls too, reach it only from goroutine code: trapcontext_test.go's
 // goroutineBranchOnly.)
+//
+//go:uintptrescapes
 func kcall3(n int, a, b, c uintptr) uintptr {
 	r, _, _ := syscall.RawSyscall6(sysKcall, uintptr(n), a, b, c, 0, 0)
 	return r
