@@ -141,8 +141,9 @@ type CPU struct {
 
 	// Counters, written only by this CPU. Entries by vector (timer, IPIs, NMIs) are counted
 	// by package trap (trap.Count).
-	switches     uint64 // threads loaded
-	idles        uint64 // halts in the idle loop
+	switches     uint64        // threads loaded
+	currentSeq   atomic.Uint64 // bumped whenever current changes (klock held): SyncThreads' check
+	idles        uint64        // halts in the idle loop
 	wakeIPIsSent uint64
 	shootdowns   uint64 // TLB shootdowns initiated
 	tlbFlushes   uint64 // TLB flushes run for other CPUs' shootdowns

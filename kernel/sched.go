@@ -126,7 +126,7 @@ func (c *CPU) resume(i int32, f *Frame) {
 	t.State = sched.Running
 	t.CPU = int32(c.id)
 	c.current = i
-	schedSeq.Add(1)
+	c.currentSeq.Add(1)
 	c.sliceEnd = nanotime() + timeslice
 	c.switches++
 	*f = t.Frame
@@ -138,7 +138,7 @@ func (c *CPU) resume(i int32, f *Frame) {
 // Kernel context, klock held.
 func (c *CPU) reschedule(f *Frame) {
 	c.current = -1
-	schedSeq.Add(1)
+	c.currentSeq.Add(1)
 	for {
 		sched.WakeExpired(nanotime())
 		if i := sched.Dequeue(c.id); i >= 0 {

@@ -73,8 +73,9 @@ func PreemptSoon() {
 // SyncThreads is SyncCPUs that also takes a snapshot of where every thread is: it fills out
 // with the saved RIP of each thread that is queued or blocked, and the interrupted RIP of each
 // thread running on any CPU (read there by the serialising call itself, after any trap handler
-// that CPU was running has returned), all as of one instant: no thread was switched in or out
-// between the reads. It returns how many RIPs it stored (at most len(out)) and false if a CPU
+// that CPU was running has returned — unless the handler runs on a trap gate and the call is
+// drained from a lock wait nested in it, which idt.gate= can configure and fbt does not
+// survive), as exact as if taken at one instant (syncThreads says why). It returns how many RIPs it stored (at most len(out)) and false if a CPU
 // did not answer (the snapshot then lacks that CPU's thread).
 //
 // Goroutine code (a kernel call).
@@ -86,16 +87,12 @@ func SyncThreads(out []uint64) (int, bool) {
 	return int(r >> 1), r&1 != 0
 }
 
-// schedSeq counts the times a CPU's current thread changed (resume, reschedule): bumped with
-// klock held, read without it.
-var schedSeq atomic.Uint64
-
 // snapshotTries is how many times syncThreads takes its snapshot without klock before it
 // takes one holding klock throughout.
 const snapshotTries = 4
 
-// SnapshotStats are SyncThreads' figures: snapshots taken, those retried because a thread was
-// switched meanwhile, and those that fell back to holding klock.
+// SnapshotStats are SyncThreads' figures: snapshots taken, those retried because a CPU
+// switched threads before it answered, and those that fell back to holding klock.
 type SnapshotStats struct{ Taken, Retried, Locked uint64 }
 
 var snapshotStats struct{ taken, retried, locked atomic.Uint64 }
@@ -105,24 +102,33 @@ func Snapshots() SnapshotStats {
 	return SnapshotStats{snapshotStats.taken.Load(), snapshotStats.retried.Load(), snapshotStats.locked.Load()}
 }
 
+// threadAnswers is what each CPU answers syncThreads with: the interrupted RIP of its current
+// thread (0 if none), and its currentSeq then.
+type threadAnswers struct{ rip, seq [MaxCPUs]uint64 }
+
 // syncThreads is SyncThreads in the kernel: the result is n<<1 | ok.
 //
-// The queued and blocked threads are read with klock held, and klock is released before the
-// serialising call: it is taken again only when the snapshot is retried too often. Holding
-// klock across the call (as this once did) made every CPU woken from its idle halt by the call
-// spin for klock right after answering; under TCG, on a 2-core host, those spinning vCPUs kept
-// the host's cores from the caller and from the CPUs still to answer, and each such call took
-// 5-7 ms instead of 0.1 (every per-probe disable, and every reaper snapshot). A snapshot read
-// without klock is exact when no CPU's current thread changed from the queue read until the
-// last answer (schedSeq did not move): the queued threads' saved frames were then untouched,
-// and each running thread is the one its CPU answered for. Otherwise it is taken again.
+// The queued and blocked threads are read with klock held, with every CPU's currentSeq, and
+// klock is released before the serialising call: it is taken again only when the snapshot is
+// retried too often. Holding klock across the call (as this once did) made every CPU woken
+// from its idle halt by the call spin for klock right after answering; under TCG, on a 2-core
+// host, those spinning vCPUs kept the host's cores from the caller and from the CPUs still to
+// answer, and each such call took 5-7 ms instead of 0.1 (every per-probe disable, and every
+// reaper snapshot). Read without klock, the snapshot is still exact when no CPU changed its
+// current thread between the queue read and its answer: a thread missing from both halves
+// would have to have left a CPU before that CPU answered (and not be queued at the read) or
+// be queued after the read — only a thread that left a CPU, or a new one, whose RIP is no
+// probe's copy. Queued threads' saved RIPs do not change until they run. A CPU that switched
+// afterwards is no matter: a thread it loads then was read from the queue, one it saves had
+// been answered for. Otherwise the snapshot is taken again.
 //
 // Kernel context (a kernel call).
 func (c *CPU) syncThreads(out []uint64) uint64 {
 	snapshotStats.taken.Add(1)
 	for try := 0; ; try++ {
 		locked := try == snapshotTries
-		var running [MaxCPUs]uint64
+		var ans threadAnswers
+		var seq0 [MaxCPUs]uint64
 		klock.lock()
 		n := 0
 		for i := int32(0); i < sched.Count() && n < len(out); i++ {
@@ -131,20 +137,22 @@ func (c *CPU) syncThreads(out []uint64) uint64 {
 				n++
 			}
 		}
-		seq := schedSeq.Load()
+		for i := 0; i < ncpuOnline; i++ {
+			seq0[i] = cpus[i].currentSeq.Load()
+		}
 		if locked {
 			snapshotStats.locked.Add(1)
 		} else {
 			c.unlockKlock()
 		}
-		ok := CrossBroadcast(1<<uint(ncpuOnline)-1, syncThreadCall, uintptr(unsafe.Pointer(&running))) == xcall.OK
-		if !locked && schedSeq.Load() != seq {
+		ok := CrossBroadcast(1<<uint(ncpuOnline)-1, syncThreadCall, uintptr(unsafe.Pointer(&ans))) == xcall.OK
+		if !locked && ans.seq != seq0 {
 			snapshotStats.retried.Add(1)
 			continue
 		}
 		for i := 0; i < ncpuOnline && n < len(out); i++ {
-			if running[i] != 0 && i != c.id { // this CPU's thread is the caller
-				out[n] = running[i]
+			if ans.rip[i] != 0 && i != c.id { // this CPU's thread is the caller
+				out[n] = ans.rip[i]
 				n++
 			}
 		}
@@ -159,7 +167,7 @@ func (c *CPU) syncThreads(out []uint64) uint64 {
 var syncThreadCall xcall.Func
 
 // syncThread serialises this CPU (as serialize) and stores the interrupted RIP of the thread
-// running on it (0 if none) in (*[MaxCPUs]uint64)(arg)[cpu]. The thread's registers are at
+// running on it (0 if none) and its currentSeq in the threadAnswers at arg. The thread's registers are at
 // the top of the kernel stack whenever this CPU is in the kernel with a thread current: the
 // call runs from the call IPI (the thread or the idle loop interrupted) or from a lock wait,
 // never between a change of current and the frame's load (those run with klock held and
@@ -173,7 +181,9 @@ func syncThread(arg uintptr) {
 	if c.current >= 0 {
 		rip = (*Frame)(unsafe.Pointer(c.kstack - unsafe.Sizeof(Frame{}))).RIP
 	}
-	(*[MaxCPUs]uint64)(unsafe.Pointer(arg))[c.id] = rip
+	a := (*threadAnswers)(unsafe.Pointer(arg))
+	a.rip[c.id] = rip
+	a.seq[c.id] = c.currentSeq.Load()
 }
 
 // KernelText is the kernel's text: mapped for good, and never written.
