@@ -129,11 +129,10 @@ func resolveFunc(name string, s *fbt.Selector, add func(int32, bool), strict boo
 // site a glob matched is skipped and counted by reason. It returns how many sites run each way.
 func EnableSelection(r *Selection, m Mode) (map[string]int, error) {
 	var ok []int32
+	t0 := time.Now()
 	for i, id := range r.IDs {
 		mu.Lock()
-		t0 := time.Now()
 		err := plan(id, m)
-		phases.Plan += time.Since(t0)
 		mu.Unlock()
 		if err != nil {
 			if r.Strict[i] {
@@ -144,6 +143,9 @@ func EnableSelection(r *Selection, m Mode) (map[string]int, error) {
 		}
 		ok = append(ok, id)
 	}
+	mu.Lock()
+	phases.Plan += time.Since(t0) // Enable counts its own
+	mu.Unlock()
 	if err := Enable(ok, m); err != nil {
 		return nil, err
 	}

@@ -145,21 +145,22 @@ type Site struct {
 	Kind Kind
 	Off  int32 // offset in the function
 
-	enabled  uint32 // atomic; see the protocol
-	offGen   uint64 // atomic: the disable that last restored its byte (disableGen)
-	planned  bool
-	noBoost  bool    // the instruction cannot be relocated: no boosted copy, ever
-	lastSlot uintptr // the XOL offset of its last boosted copy, which copy holds
-	copy     []byte
-	how      uint8
-	orig     byte
-	copyin   bool // the action copies a string from the first argument (RAX)
-	leaves   bool // a step of this instruction continues outside the slot (ret, indirect jmp/call)
-	emu      *fbt.Emu
-	boost    uintptr // exec address of the boosted copy; 0: none
-	step     *fbt.Step
-	stepRel  int8 // offset of the rel32 in step.Code to rebase per CPU slot; -1: none
-	why      string
+	enabled   uint32 // atomic; see the protocol
+	disabling bool   // in the disable under way (mu held): an id given twice is taken once
+	offGen    uint64 // atomic: the disable that last restored its byte (disableGen)
+	planned   bool
+	noBoost   bool    // the instruction cannot be relocated: no boosted copy, ever
+	lastSlot  uintptr // the XOL offset of its last boosted copy, which copy holds
+	copy      []byte
+	how       uint8
+	orig      byte
+	copyin    bool // the action copies a string from the first argument (RAX)
+	leaves    bool // a step of this instruction continues outside the slot (ret, indirect jmp/call)
+	emu       *fbt.Emu
+	boost     uintptr // exec address of the boosted copy; 0: none
+	step      *fbt.Step
+	stepRel   int8 // offset of the rel32 in step.Code to rebase per CPU slot; -1: none
+	why       string
 }
 
 // Name is "func", "func:return@+off" or "func+off".
@@ -401,12 +402,13 @@ var toxicRoots = []string{
 	"tracebed/kernel/suites.onBreakpoint", "tracebed/kernel/suites.onFault", "tracebed/kernel/suites.onUD",
 }
 
-// tracerItself is the tracer's own code, which is never probed either (as illumos's fbt
-// leaves the dtrace and fbt modules alone): what the probe path runs of it is toxic by the
+// tracerItself is the tracer's own code — packages fbt, fbt/live, fbt/internal/..., and the
+// x86asm decoder only they use — which is never probed either (as illumos's fbt leaves the
+// dtrace and fbt modules alone): what the probe path runs of it is toxic by the
 // walk already; the rest — Enable, Disable, planning, relocating — runs while probes are live,
 // and under an offset probe inside its own loops a step-mode disable of 36,000 probes under
 // load took 75 s (8 CPUs), every iteration stepped.
-var tracerItself = []string{"tracebed/fbt.*", "tracebed/fbt/live.*"}
+var tracerItself = []string{"tracebed/fbt.*", "tracebed/fbt/*", "golang.org/x/arch/x86/x86asm.*"}
 
 // kernelAPI reports whether name is an exported function of package kernel.
 func kernelAPI(name string) bool {
@@ -865,22 +867,32 @@ func disable(ids []int32, nsync int) error {
 	t0 := time.Now()
 	p := pokeBuf[:0]
 	for _, id := range ids {
-		if s := site(id); atomic.LoadUint32(&s.enabled) != 0 {
+		if s := site(id); atomic.LoadUint32(&s.enabled) != 0 && !s.disabling { // an id twice: once
+			s.disabling = true
 			off = append(off, id)
 			p = append(p, kernel.Poke{Addr: s.Addr, B: s.orig})
 		}
 	}
-	kernel.PokeTexts(p) // they were patched: they are text
-	for _, id := range off {
-		s := site(id)
-		atomic.StoreUint64(&s.offGen, disableGen)
-		atomic.StoreUint32(&s.enabled, 0)
+	done := kernel.PokeTexts(p) // they were patched: they are text, but say so if not
+	var err error
+	if done < len(off) {
+		s := site(off[done])
+		err = fmt.Errorf("fbt: %s: cannot restore %#x; it and %d more stay enabled", s.Name(), s.Addr, len(off)-done-1)
 	}
+	for k, id := range off {
+		s := site(id)
+		s.disabling = false
+		if k < done {
+			atomic.StoreUint64(&s.offGen, disableGen)
+			atomic.StoreUint32(&s.enabled, 0)
+		}
+	}
+	off = off[:done]
 	nEnabled -= len(off)
 	t1 := time.Now()
 	phases.Poke += t1.Sub(t0)
 	if len(off) == 0 {
-		return nil
+		return err
 	}
 	ok := true
 	for i := 1; i < nsync; i++ {
@@ -897,10 +909,10 @@ func disable(ids []int32, nsync int) error {
 	phases.Sync += t2.Sub(t1)
 	phases.Threads += t3.Sub(t2)
 	phases.Release += time.Since(t3)
-	if !ok || !synced {
-		return errors.New("fbt: a CPU did not serialise; its slots wait for the reaper")
+	if err == nil && (!ok || !synced) {
+		err = errors.New("fbt: a CPU did not serialise; its slots wait for the reaper")
 	}
-	return nil
+	return err
 }
 
 // SetBatch switches between batched and per-probe enabling and disabling. Goroutine code.
@@ -1009,6 +1021,14 @@ func XOL() (exec, write uintptr) { return xolExec, xolWrite }
 
 // Enabled reports whether site id is enabled.
 func Enabled(id int32) bool { return atomic.LoadUint32(&site(id).enabled) != 0 }
+
+// NumEnabled is how many sites are enabled, as enabling and disabling counted them. Goroutine
+// code.
+func NumEnabled() int {
+	mu.Lock()
+	defer mu.Unlock()
+	return nEnabled
+}
 
 // CheckRestored checks that no site of ids is enabled and that each planned one's first byte is
 // its original again; it describes the first that is not ("" when all are).
