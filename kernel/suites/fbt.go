@@ -984,13 +984,7 @@ func fbtScale(t *ktest.T) {
 		return
 	}
 	defer fbtRacedDiags(t, live.TotalStats())
-	sn0 := kernel.Snapshots()
-	defer func() {
-		sn := kernel.Snapshots()
-		t.Diag("thread_snapshots", sn.Taken-sn0.Taken)
-		t.Diag("thread_snapshots_retried", sn.Retried-sn0.Retried)
-		t.Diag("thread_snapshots_under_klock", sn.Locked-sn0.Locked)
-	}()
+	defer fbtSnapshotDiags(t, kernel.Snapshots())
 	all := fbtScaleIDs(t, 30000)
 	if len(all) < 30000 {
 		t.Errorf("only %d sites for 30000 probes (fbt.sites=%s)", len(all), t.Params["fbt.sites"])
@@ -1024,6 +1018,15 @@ func fbtScale(t *ktest.T) {
 		}
 		fbtScaleRun(t, fmt.Sprintf("n30000_%v_batched", m), ids, m, true)
 	}
+}
+
+// fbtSnapshotDiags prints the thread snapshots taken since sn0 (disables and the reaper), those
+// retried because a CPU switched threads before it answered, and those taken holding klock.
+func fbtSnapshotDiags(t *ktest.T, sn0 kernel.SnapshotStats) {
+	sn := kernel.Snapshots()
+	t.Diag("thread_snapshots", sn.Taken-sn0.Taken)
+	t.Diag("thread_snapshots_retried", sn.Retried-sn0.Retried)
+	t.Diag("thread_snapshots_under_klock", sn.Locked-sn0.Locked)
 }
 
 // fbtPhaseDiags prints where an enable or a disable spent its time (live.Phases), in ms.
@@ -1135,6 +1138,7 @@ func fbtTorture(t *ktest.T) {
 		return
 	}
 	start := time.Now()
+	defer fbtSnapshotDiags(t, kernel.Snapshots())
 	ids := fbtScaleIDs(t, 1<<30)
 	modes := []*fbtTortureMode{{m: live.Auto, ids: ids}, {m: live.Boost}, {m: live.Step}, {m: live.Emulate}}
 	for _, md := range modes[1:] {
