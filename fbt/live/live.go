@@ -404,10 +404,10 @@ var toxicRoots = []string{
 
 // tracerItself is the tracer's own code — packages fbt, fbt/live, fbt/internal/..., and the
 // x86asm decoder only they use — which is never probed either (as illumos's fbt leaves the
-// dtrace and fbt modules alone): what the probe path runs of it is toxic by the
-// walk already; the rest — Enable, Disable, planning, relocating — runs while probes are live,
-// and under an offset probe inside its own loops a step-mode disable of 36,000 probes under
-// load took 75 s (8 CPUs), every iteration stepped.
+// dtrace and fbt modules alone): what the probe path runs of it is toxic by the walk already;
+// the rest — Enable, Disable, planning, relocating — runs while probes are live, and under
+// offset probes inside its own loops a step-mode disable of 36,000 probes under load took
+// 75 s (8 CPUs), every iteration stepped.
 var tracerItself = []string{"tracebed/fbt.*", "tracebed/fbt/*", "golang.org/x/arch/x86/x86asm.*"}
 
 // kernelAPI reports whether name is an exported function of package kernel.
@@ -797,21 +797,27 @@ func (p Phases) Sub(p0 Phases) Phases {
 	return Phases{p.Plan - p0.Plan, p.Poke - p0.Poke, p.Sync - p0.Sync, p.Threads - p0.Threads, p.Release - p0.Release}
 }
 
-// reserve makes the buffers of enable and disable hold n sites: offBuf, the ids of the sites
-// a disable turns off (ids, not pointers: a pointer stored into a heap slice runs the GC's
-// write barrier, whose buffer flushes run the collector's code, probed like the rest; a
-// step-mode disable of 36,000 probes under load took 127 s with pointers, 7.5 s with ids — and
-// 0.3 s once this package was no longer probed itself, tracerItself, which may have been most
-// of both), and pokeBuf, the
-// bytes to store (kernel.PokeTexts) in the sites' order: their address order whenever ids came
-// from a selection (Resolve lists sites by address), so each page's alias is mapped once. They are not sorted: a disable runs with its probes still
-// live, and sort's code is probed like any other (sorting 30,000 sites under their own probes
-// took 9 s); nor built through a function value, which would be probed too. Enable calls
-// reserve before it writes an INT3, so that a disable allocates nothing while the probes it
-// removes are still live: under 30,000 probes the runtime's allocator and collector are
-// probed too, and a GC cycle (or an assist) begun there crawls. One 30,000-probe disable that
-// allocated its buffers took 6.4 s, where the others took 0.05 to 0.2; none has since they
-// are reserved (not proof: it was one run in about ten). mu held.
+// Add is p plus q.
+func (p Phases) Add(q Phases) Phases {
+	return Phases{p.Plan + q.Plan, p.Poke + q.Poke, p.Sync + q.Sync, p.Threads + q.Threads, p.Release + q.Release}
+}
+
+// reserve makes the buffers of enable and disable hold n sites: offBuf, the ids of the sites a
+// disable turns off, and pokeBuf, the bytes to store (kernel.PokeTexts). Enable calls it
+// before it writes an INT3, so that a disable, which runs with its probes still live, allocates
+// nothing: under 30,000 probes the runtime's allocator and collector are probed too, and a GC
+// cycle or assist begun there crawls (one allocating disable of 30,000 took 6.4 s, the others
+// 0.05 to 0.2; none has since — one run in about ten, so not proof). For the same reason:
+//   - offBuf holds ids, not pointers: a pointer stored into a heap slice runs the GC's write
+//     barrier, whose buffer flushes run the collector's code (a step-mode disable of 36,000
+//     under load took 127 s with pointers, 7.5 s with ids, 0.3 s once this package was no
+//     longer probed itself — tracerItself — which may have been most of both);
+//   - the pokes are not sorted (sorting 30,000 sites under their own probes took 9 s), nor
+//     built through a function value. They keep the sites' order, which is their address
+//     order whenever ids came from a selection (Resolve lists sites by address), so each
+//     page's alias is mapped once.
+//
+// mu held.
 func reserve(n int) {
 	if cap(offBuf) < n {
 		offBuf = make([]int32, 0, n+n/4)
@@ -819,11 +825,6 @@ func reserve(n int) {
 	if cap(pokeBuf) < n {
 		pokeBuf = make([]kernel.Poke, 0, n+n/4)
 	}
-}
-
-// Add is p plus q.
-func (p Phases) Add(q Phases) Phases {
-	return Phases{p.Plan + q.Plan, p.Poke + q.Poke, p.Sync + q.Sync, p.Threads + q.Threads, p.Release + q.Release}
 }
 
 // syncAll makes every CPU serialise, and counts it.
@@ -855,11 +856,10 @@ func Disable(ids []int32) error {
 }
 
 // disable is Disable for one batch. The sites are marked disabled once their original bytes
-// are back (kernel.PokeTexts): a CPU that still takes an
-// INT3 finds its site disabled and re-executes the (restored) instruction; one that takes it
-// before the mark runs the site's plan, as it would have a moment earlier; and a handler that
-// found a site enabled has returned by the time the synchronisation does (handlers run with
-// interrupts off). mu held.
+// are back (kernel.PokeTexts): a CPU that still takes an INT3 finds its site disabled and
+// re-executes the (restored) instruction; one that takes it before the mark runs the site's
+// plan, as it would have a moment earlier; and a handler that found a site enabled has
+// returned by the time the synchronisation does (handlers run with interrupts off). mu held.
 func disable(ids []int32, nsync int) error {
 	off := offBuf[:0] // reserved by enable: nothing allocated under the probes still live
 	defer func() { offBuf = off[:0] }()

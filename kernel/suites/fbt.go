@@ -901,6 +901,17 @@ func fbtScaleIDs(t *ktest.T, n int) []int32 {
 	return ids
 }
 
+// fbtPlannable is the sites of ids mode m can run, prepared.
+func fbtPlannable(ids []int32, m live.Mode) []int32 {
+	var out []int32
+	for _, id := range ids {
+		if live.Plannable(id, m) {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
 // fbtEnableIn enables ids (sites mode m can run, none enabled yet) in one live.Enable, and
 // returns the enabled ids, the time the Enable took and the synchronisations it made. The
 // enabled count must have grown by len(ids).
@@ -1006,12 +1017,7 @@ func fbtScale(t *ktest.T) {
 		}
 	}
 	for _, m := range []live.Mode{live.Emulate, live.Boost, live.Step} {
-		var ids []int32
-		for _, id := range all {
-			if live.Plannable(id, m) {
-				ids = append(ids, id)
-			}
-		}
+		ids := fbtPlannable(all, m)
 		// Of the first 30,000 sites boost and step ran all, emulate 17,583 (4 CPUs).
 		if len(ids) < 10000 {
 			t.Errorf("mode %v can run only %d of the %d sites", m, len(ids), len(all))
@@ -1142,11 +1148,7 @@ func fbtTorture(t *ktest.T) {
 	ids := fbtScaleIDs(t, 1<<30)
 	modes := []*fbtTortureMode{{m: live.Auto, ids: ids}, {m: live.Boost}, {m: live.Step}, {m: live.Emulate}}
 	for _, md := range modes[1:] {
-		for _, id := range ids {
-			if live.Plannable(id, md.m) {
-				md.ids = append(md.ids, id)
-			}
-		}
+		md.ids = fbtPlannable(ids, md.m)
 	}
 	n := kernel.OnlineCPUs()
 	r0, u0 := live.Reaping(), live.TotalStats().UseAfterFree
