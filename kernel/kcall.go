@@ -24,8 +24,7 @@ const sysKcall = 0x7e57
 
 // Kernel call numbers.
 const (
-	kcPoke        = iota // PokeText(a, byte(b))
-	kcMapXOL             // MapXOL(a, b)
+	kcMapXOL      = iota // MapXOL(a, b)
 	kcSync               // SyncCPUs()
 	kcPin                // setPin(int32(a))
 	kcXcall              // CrossCall(int(a), xcall.Func(c), b) from goroutine code
@@ -61,8 +60,6 @@ func kcall3(n int, a, b, c uintptr) uintptr {
 func (c *CPU) runKcall(f *Frame) uint64 {
 	a, b := uintptr(f.RSI), uintptr(f.RDX)
 	switch f.RDI {
-	case kcPoke:
-		return b2u(pokeText(a, byte(b)))
 	case kcMapXOL:
 		w, ok := mapXOL(a, b)
 		if !ok {

@@ -31,15 +31,6 @@ const (
 	XOLMax = 64 << 20
 )
 
-// PokeText stores b at addr, a byte of kernel text, through a writable alias of its page (as
-// Linux's text_poke does): the text mapping itself stays read-only. One store of one byte, so
-// another CPU executing the instruction sees the old byte or the new one, never a mix. The
-// caller serialises pokes and the CPUs (SyncCPUs) as the cross-modifying-code rules require.
-// false when addr is not kernel text.
-//
-// Goroutine code (a kernel call).
-func PokeText(addr uintptr, b byte) bool { return kcall(kcPoke, addr, uintptr(b)) == 1 }
-
 // Poke is one byte for PokeTexts to store.
 type Poke struct {
 	Addr uintptr
@@ -51,7 +42,11 @@ type Poke struct {
 // loaded CPUs: between two calls it can be preempted and wait for a P.
 const pokeBatch = 1024
 
-// PokeTexts stores each byte of p as PokeText does, in kernel calls of up to 1,024 pokes that
+// PokeTexts stores each byte of p at its address, a byte of kernel text, through a writable
+// alias of its page (as Linux's text_poke does): the text mapping itself stays read-only. Each
+// is one store of one byte, so another CPU executing the instruction sees the old byte or the
+// new one, never a mix; the caller serialises pokes and the CPUs (SyncCPUs) as the
+// cross-modifying-code rules require. The pokes are made in kernel calls of up to 1,024 that
 // map a page's alias once for each run of pokes on that page (sorted by address, p costs one
 // mapping per page). It returns how many it stored: len(p), unless p[n].Addr is not kernel
 // text.
@@ -68,12 +63,6 @@ func PokeTexts(p []Poke) int {
 		}
 	}
 	return n
-}
-
-// Kernel context (a kernel call).
-func pokeText(addr uintptr, b byte) bool {
-	p := [1]Poke{{addr, b}}
-	return pokeTexts(p[:]) == 1
 }
 
 // pokeTexts stores p's bytes, mapping the alias again only when the page changes, and returns
@@ -205,7 +194,7 @@ var syncCall xcall.Func
 func serialize(uintptr) { amd64.CPUID(0, 0) }
 
 // SyncCPUs returns once every online CPU has executed a serialising instruction after the
-// call began: after it, no CPU runs an instruction fetched before a preceding PokeText, and
+// call began: after it, no CPU runs an instruction fetched before a preceding PokeTexts, and
 // none is inside a trap handler that began before it (handlers run with interrupts off, so
 // the call waits for them). false if a CPU did not answer.
 //

@@ -17,7 +17,7 @@ import (
 //	[data, identityTop)      .noptrdata to .noptrbss, then free frames, page tables, MMIO: RW, NX
 //
 // The runtime's own memory above identityTop is mapped NX already (vm.go). Kernel text is
-// written only through PokeText's alias; CR0.WP (set at boot) makes a supervisor write to a
+// written only through PokeTexts' alias; CR0.WP (set at boot) makes a supervisor write to a
 // read-only page fault.
 
 // protect gives every mapped page in [start, end) (4 KiB aligned) the write and execute

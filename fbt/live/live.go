@@ -25,7 +25,7 @@
 // Enabling a site: its plan (emulation, boosted copy, step copy) is prepared and the boosted
 // copy written into the XOL area through the area's writable alias; the site is marked enabled;
 // then one byte, INT3, is stored over the instruction's first byte through a temporary
-// writable alias of the text page (kernel.PokeText: the text mapping stays read-only). A CPU
+// writable alias of the text page (kernel.PokeTexts: the text mapping stays read-only). A CPU
 // fetching the instruction concurrently sees either the old byte — the unprobed instruction,
 // which is still correct — or INT3, which the handler finds enabled with its plan ready.
 // After a batch, every CPU serialises (kernel.SyncCPUs) before Enable returns.
